@@ -1,0 +1,95 @@
+"""The `edgegen` command.
+
+Each command group lives in its own module with a `register(app)` function; the modules import
+nothing heavy at import time (torch, onnx, onnxruntime are imported inside the commands), so
+`edgegen --help` is instant and works on a base install.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+
+from edgegen import __version__
+from edgegen.errors import Interrupted, UserError
+
+log = logging.getLogger("edgegen")
+
+app = typer.Typer(
+    name="edgegen",
+    help="Edge-optimized, compressed text-to-video: generate, train, export, calibrate, run, bench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgegen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Debug logging, and tracebacks for errors."),
+) -> None:
+    """edgegen: text-to-video that runs on your own device."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def _register_commands() -> None:
+    from edgegen.cli import bench, build, calibrate, export, generate, judge, train, world
+
+    for module in (generate, world, judge, train, export, calibrate, build, bench):
+        module.register(app)
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: runs the CLI and turns every failure into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    _register_commands()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app(args=args, prog_name="edgegen", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors: click prints its own short message
+        exc.show()
+        return exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("edgegen: interrupted", file=sys.stderr)
+        return 130
+    except Interrupted as exc:
+        print("edgegen: terminated", file=sys.stderr)
+        return 128 + exc.signum
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"edgegen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # the reader of `--out -` went away: not our failure to report
+        sys.stderr.close()
+        return 141
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"edgegen: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
