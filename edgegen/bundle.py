@@ -1,0 +1,449 @@
+"""The bundle: a folder with `manifest.json` beside the ONNX files, the tokenizer and nothing else.
+
+Torch-free and shared by the exporter (which writes manifests) and the runtime (which reads them).
+`load_bundle` checks everything it can before anything runs: the manifest parses, its kind and
+schema version are known, its fields have the right shapes, and every file it lists is present
+with the recorded size and sha256. The one check that needs an inference library — the ONNX
+file's input/output names against the manifest — runs when a backend opens a session
+(`check_io`). Every failure is a one-line `BundleError` naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from edgegen.errors import BundleError
+from edgegen.tokenizer import Tokenizer
+
+KIND = "edgegen.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+COMPONENTS = ("text_encoder", "denoiser", "vae_decoder", "vae_encoder")
+REQUIRED_COMPONENTS = ("text_encoder", "denoiser", "vae_decoder")  # what the streaming loop runs
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+BATCH = "batch"  # the one symbolic dimension; everything else is static
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
+
+_HASH_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# The parsed, immutable view of a manifest
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, numpy dtype name and shape (`"batch"` is symbolic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
+        return tuple(batch if d == BATCH else int(d) for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    """One component at one precision: its ONNX file and I/O contract."""
+
+    component: str
+    precision: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, f"{self.component} input")
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, f"{self.component} output")
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+
+def _by_name(specs: Sequence[TensorSpec], name: str, what: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no {what} named {name!r}; have {[s.name for s in specs]}")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle on disk. Immutable; `manifest` is the raw JSON (read-only view)."""
+
+    path: Path
+    manifest: Mapping[str, Any]
+    components: Mapping[str, Mapping[str, ComponentEntry]]  # precision -> component -> entry
+    digest: str  # sha256 of manifest.json: identifies the bundle (engine caches key on it)
+
+    # -- model geometry -----------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def model_config(self) -> Mapping[str, Any]:
+        return self.manifest["model"]["config"]
+
+    @property
+    def video(self) -> Mapping[str, int]:
+        return self.manifest["video"]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        lat = self.manifest["latent"]
+        return int(lat["channels"]), int(lat["height"]), int(lat["width"])
+
+    @property
+    def chunk_frames(self) -> int:
+        return int(self.manifest["video"]["chunk_frames"])
+
+    @property
+    def fps(self) -> int:
+        return int(self.manifest["video"]["fps"])
+
+    # -- sampler ------------------------------------------------------------------------------
+    @property
+    def steps_available(self) -> tuple[int, ...]:
+        return tuple(sorted(int(k) for k in self.manifest["sampler"]["schedules"]))
+
+    @property
+    def default_steps(self) -> int:
+        return int(self.manifest["sampler"]["default_steps"])
+
+    @property
+    def t_ctx(self) -> float:
+        return float(self.manifest["sampler"]["t_ctx"])
+
+    def schedule(self, steps: int) -> tuple[float, ...]:
+        """The stored times (1 → 0) for `steps` Euler steps."""
+        schedules = self.manifest["sampler"]["schedules"]
+        if str(steps) not in schedules:
+            valid = ", ".join(str(s) for s in self.steps_available)
+            raise BundleError(f"this bundle has no {steps}-step schedule; valid --steps: {valid}")
+        return tuple(float(t) for t in schedules[str(steps)])
+
+    # -- files and components -----------------------------------------------------------------
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions this bundle carries, in the canonical order (fp32, fp16, int8, fp8)."""
+        have = self.components.keys()
+        return tuple(p for p in PRECISIONS if p in have) + tuple(sorted(set(have) - set(PRECISIONS)))
+
+    def precision_info(self, precision: str) -> Mapping[str, Any]:
+        """The manifest's record for one precision (components plus e.g. calibration, quality)."""
+        self._check_precision(precision)
+        return self.manifest["precisions"][precision]
+
+    def component(self, precision: str, component: str) -> ComponentEntry:
+        self._check_precision(precision)
+        entries = self.components[precision]
+        if component not in entries:
+            raise BundleError(
+                f"{self.path / MANIFEST}: precision {precision!r} has no component {component!r}; "
+                f"it has {', '.join(entries)}"
+            )
+        return entries[component]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def file_sha256(self, name: str) -> str:
+        return str(self.manifest["files"][name]["sha256"])
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.file(self.manifest["tokenizer"]["file"]))
+
+    def _check_precision(self, precision: str) -> None:
+        if precision not in self.components:
+            raise BundleError(
+                f"bundle {self.path} has no {precision!r} precision; valid --precision: {', '.join(self.precisions)}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_bundle(path: str | os.PathLike[str], *, verify_files: bool = True) -> Bundle:
+    """Read and validate a bundle folder (or its manifest.json); raises a one-line BundleError."""
+    root = Path(path)
+    if root.name == MANIFEST and root.is_file():
+        root = root.parent
+    if not root.exists():
+        raise BundleError(f"bundle {root} does not exist; pass a folder written by `edgegen export`")
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path} is missing: {root} is not an edgegen bundle; export one with `edgegen export --out DIR`")
+    raw = manifest_path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc}); re-export the bundle") from None
+    problems = validate_manifest(data)
+    if problems:
+        raise BundleError(f"{manifest_path}: {problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    if verify_files:
+        verify_bundle_files(root, data["files"])
+    components = {
+        precision: MappingProxyType({
+            name: _entry(name, precision, spec) for name, spec in record["components"].items()
+        })
+        for precision, record in data["precisions"].items()
+    }
+    return Bundle(
+        path=root.resolve(),
+        manifest=_freeze(data),
+        components=MappingProxyType(components),
+        digest=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def verify_bundle_files(root: Path, files: Mapping[str, Mapping[str, Any]]) -> None:
+    """Every listed file present with the recorded size and sha256, else a BundleError naming it."""
+    for name, record in files.items():
+        file = root / name
+        if not file.is_file():
+            raise BundleError(f"{file} is missing from the bundle; re-export it or copy the whole folder")
+        size = file.stat().st_size
+        if size != int(record["bytes"]):
+            raise BundleError(f"{file} has {size} bytes, the manifest says {record['bytes']}: the file was changed or truncated; re-export the bundle")
+        if sha256_file(file) != record["sha256"]:
+            raise BundleError(f"{file} does not match its sha256 in the manifest: the file was changed; re-export the bundle")
+
+
+def check_io(entry: ComponentEntry, path: Path, inputs: Iterable[str], outputs: Iterable[str]) -> None:
+    """Backends call this with the names an opened model really has; a mismatch is a BundleError."""
+    for what, actual, expected in (("inputs", list(inputs), entry.input_names), ("outputs", list(outputs), entry.output_names)):
+        if sorted(actual) != sorted(expected):
+            raise BundleError(
+                f"{path}: the ONNX file's {what} {actual} do not match the manifest's {list(expected)} "
+                f"for {entry.component} ({entry.precision}); re-export the bundle"
+            )
+
+
+def _entry(component: str, precision: str, spec: Mapping[str, Any]) -> ComponentEntry:
+    return ComponentEntry(
+        component=component,
+        precision=precision,
+        file=spec["file"],
+        inputs=tuple(_tensor(t) for t in spec["inputs"]),
+        outputs=tuple(_tensor(t) for t in spec["outputs"]),
+        opset=int(spec["opset"]),
+    )
+
+
+def _tensor(t: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(name=t["name"], dtype=t["dtype"], shape=tuple(t["shape"]))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain-JSON copy of a frozen manifest (or part of one), e.g. to edit and rewrite it."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [thaw(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (shared by reading and writing)
+
+
+def validate_manifest(data: Any) -> list[str]:
+    """Problems with a manifest's structure, each one short; an empty list means valid."""
+    if not isinstance(data, dict):
+        return ["the manifest is not a JSON object"]
+    if data.get("kind") != KIND:
+        return [f"kind is {data.get('kind')!r}, expected {KIND!r}: not an edgegen bundle"]
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return [f"schema_version {version!r} is not supported (this edgegen reads schema_version {SCHEMA_VERSION}); use a matching edgegen or re-export the bundle"]
+    problems: list[str] = []
+    need = {
+        "model": ("name", "config"),
+        "video": ("height", "width", "chunk_frames", "fps"),
+        "latent": ("channels", "height", "width"),
+        "cache": ("slots", "tokens_per_slot"),
+        "sampler": ("type", "default_steps", "schedules", "t_ctx"),
+        "tokenizer": ("file", "max_len"),
+        "provenance": (),
+        "precisions": (),
+        "files": (),
+    }
+    for section, keys in need.items():
+        if not isinstance(data.get(section), dict):
+            problems.append(f"section {section!r} is missing")
+            continue
+        problems += [f"{section}.{k} is missing" for k in keys if k not in data[section]]
+    if problems:
+        return problems
+    files = data["files"]
+    for name, record in files.items():
+        if not (isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("bytes"), int)):
+            problems.append(f"files[{name!r}] needs sha256 and bytes")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            problems.append(f"files[{name!r}] must be a plain path inside the bundle")
+    problems += _validate_sampler(data["sampler"])
+    if data["tokenizer"]["file"] not in files:
+        problems.append(f"tokenizer file {data['tokenizer']['file']!r} is not listed in files")
+    if not data["precisions"]:
+        problems.append("no precisions")
+    for precision, record in data["precisions"].items():
+        comps = record.get("components") if isinstance(record, dict) else None
+        if not isinstance(comps, dict):
+            problems.append(f"precisions.{precision}.components is missing")
+            continue
+        problems += [f"precisions.{precision} lacks component {c!r}" for c in REQUIRED_COMPONENTS if c not in comps]
+        for name, spec in comps.items():
+            problems += _validate_component(f"precisions.{precision}.components.{name}", spec, files)
+    return problems
+
+
+def _validate_sampler(sampler: Mapping[str, Any]) -> list[str]:
+    problems = []
+    schedules = sampler["schedules"]
+    if not isinstance(schedules, dict) or not schedules:
+        return ["sampler.schedules must map step counts to time lists"]
+    for steps, times in schedules.items():
+        ok = steps.isdigit() and isinstance(times, list) and len(times) == int(steps) + 1
+        ok = ok and all(isinstance(t, (int, float)) for t in times) and times[0] == 1.0 and times[-1] == 0.0
+        ok = ok and all(a > b for a, b in zip(times, times[1:]))
+        if not ok:
+            problems.append(f"sampler.schedules[{steps!r}] must be {steps}+1 decreasing times from 1 to 0")
+    if str(sampler["default_steps"]) not in schedules:
+        problems.append(f"sampler.default_steps {sampler['default_steps']} has no schedule")
+    return problems
+
+
+def _validate_component(where: str, spec: Any, files: Mapping[str, Any]) -> list[str]:
+    if not isinstance(spec, dict):
+        return [f"{where} is not an object"]
+    problems = [f"{where}.{k} is missing" for k in ("file", "inputs", "outputs", "opset") if k not in spec]
+    if problems:
+        return problems
+    if spec["file"] not in files:
+        problems.append(f"{where}.file {spec['file']!r} is not listed in files")
+    for side in ("inputs", "outputs"):
+        tensors = spec[side]
+        if not isinstance(tensors, list) or not tensors:
+            problems.append(f"{where}.{side} must be a non-empty list")
+            continue
+        for t in tensors:
+            if not (isinstance(t, dict) and isinstance(t.get("name"), str) and t.get("dtype") in DTYPES and isinstance(t.get("shape"), list)):
+                problems.append(f"{where}.{side} entry {t!r} needs name, dtype (one of {', '.join(DTYPES)}) and shape")
+            elif not all((isinstance(d, int) and d > 0) or d == BATCH for d in t["shape"]):
+                problems.append(f"{where}.{side}.{t['name']} shape {t['shape']} must hold positive ints or {BATCH!r}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest's `files` entry for one file."""
+    return {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
+
+
+def component_json(
+    file: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], opset: int
+) -> dict[str, Any]:
+    return {
+        "file": file,
+        "inputs": [t.to_json() for t in inputs],
+        "outputs": [t.to_json() for t in outputs],
+        "opset": int(opset),
+    }
+
+
+def write_manifest(root: str | os.PathLike[str], manifest: Mapping[str, Any], *, refresh_files: bool = True) -> Path:
+    """Validate and atomically write `root/manifest.json`.
+
+    With `refresh_files`, the `files` section is recomputed (sha256 + bytes) for every file the
+    manifest references (component files and the tokenizer) plus any file already listed.
+    """
+    root = Path(root)
+    data = thaw(manifest)
+    data.setdefault("kind", KIND)
+    data.setdefault("schema_version", SCHEMA_VERSION)
+    if refresh_files:
+        names = set(data.get("files", {}))
+        names.add(data["tokenizer"]["file"])
+        for record in data["precisions"].values():
+            names.update(c["file"] for c in record["components"].values())
+        missing = sorted(n for n in names if not (root / n).is_file())
+        if missing:
+            raise BundleError(f"cannot write the manifest: {root / missing[0]} does not exist")
+        data["files"] = {n: file_record(root / n) for n in sorted(names)}
+    problems = validate_manifest(data)
+    assert not problems, f"refusing to write an invalid manifest: {problems}"
+    target = root / MANIFEST
+    atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return target
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped default
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped inside the package (`edgegen/assets/default/`)."""
+    path = Path(__file__).resolve().parent / "assets" / "default"
+    if not (path / MANIFEST).is_file():
+        raise BundleError(
+            f"no default bundle is installed at {path}; pass --bundle DIR (a folder from `edgegen export`)"
+        )
+    return path
