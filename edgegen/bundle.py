@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -337,7 +338,7 @@ def _validate_sampler(sampler: Mapping[str, Any]) -> list[str]:
     for steps, times in schedules.items():
         ok = steps.isdigit() and isinstance(times, list) and len(times) == int(steps) + 1
         ok = ok and all(isinstance(t, (int, float)) for t in times) and times[0] == 1.0 and times[-1] == 0.0
-        ok = ok and all(a > b for a, b in zip(times, times[1:]))
+        ok = ok and all(a > b for a, b in itertools.pairwise(times))
         if not ok:
             problems.append(f"sampler.schedules[{steps!r}] must be {steps}+1 decreasing times from 1 to 0")
     if str(sampler["default_steps"]) not in schedules:

@@ -44,7 +44,7 @@ class OrtSession:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, dict(feeds))  # type: ignore[attr-defined]
-        return dict(zip(self._outputs, values))
+        return dict(zip(self._outputs, values, strict=True))
 
 
 def open_ort_session(bundle: Bundle, component: str, precision: str, options: object, providers: list) -> OrtSession:
