@@ -1,0 +1,308 @@
+"""The streaming loop: `Generator` (immutable: bundle, tokenizer, sessions) and `Stream` (state).
+
+Per chunk (DESIGN.md, "Streaming with a rolling KV cache"):
+
+    x = noise                                                   # (1, C, h, w)
+    S × denoiser(x, t_k, text, pooled, kv, valid) → Euler step  # the chunk's latent
+    vae_decoder(x, state) → frames, state                       # yielded right away
+    denoiser(x, t_ctx, text, pooled, kv, valid) → kv            # commit pass (before the next chunk)
+    valid ← roll-left(valid), newest = 1
+
+Decoding runs before the commit pass, so a chunk's frames go out one denoiser forward earlier; the
+commit of the last chunk of a bounded stream is skipped (nothing would read it). Both change no
+numbers. The loop is backend-agnostic (StreamDiffusion-style duck typing): it calls only
+`Session.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgegen.runtime import backends
+
+from edgegen import sampling
+from edgegen.bundle import Bundle, default_bundle_path, load_bundle
+from edgegen.errors import PromptError, UserError
+from edgegen.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+STREAM_COMPONENTS = ("text_encoder", "denoiser", "vae_decoder")
+MAX_SEED = 2**63 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks: timings for progress bars and benchmarks
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One denoiser forward (a sampling step, or `step == steps` for the commit pass)."""
+
+    chunk: int
+    step: int
+    steps: int
+    t: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChunkEvent:
+    """One finished chunk, reported just before its frames are yielded."""
+
+    chunk: int
+    frames: int  # frames this chunk yields (the last chunk may be trimmed)
+    frames_total: int  # frames yielded by the stream after this chunk
+    seconds: float  # this chunk's work: its steps, the previous commit pass and the decode
+    decode_seconds: float
+    elapsed: float  # since the stream started (chunk 0: the first-frame latency)
+
+
+class Hooks:
+    """Subclass and override what you need; every method is a no-op by default."""
+
+    def on_step(self, event: StepEvent) -> None:
+        pass
+
+    def on_chunk(self, event: ChunkEvent) -> None:
+        pass
+
+
+HookArg = Hooks | Callable[[StepEvent | ChunkEvent], Any] | Any | None
+
+
+class _Adapter(Hooks):
+    """Any object with on_step and/or on_chunk, or one callable that receives every event."""
+
+    def __init__(self, hooks: HookArg) -> None:
+        if hasattr(hooks, "on_step") or hasattr(hooks, "on_chunk"):
+            self._step = getattr(hooks, "on_step", None)
+            self._chunk = getattr(hooks, "on_chunk", None)
+        elif callable(hooks):
+            self._step = self._chunk = hooks
+        else:
+            raise TypeError(f"hooks must be a callable or have on_step/on_chunk, not {type(hooks).__name__}")
+
+    def on_step(self, event: StepEvent) -> None:
+        if self._step is not None:
+            self._step(event)
+
+    def on_chunk(self, event: ChunkEvent) -> None:
+        if self._chunk is not None:
+            self._chunk(event)
+
+
+def _as_hooks(hooks: HookArg) -> Hooks:
+    if hooks is None:
+        return Hooks()
+    return hooks if isinstance(hooks, Hooks) else _Adapter(hooks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: the one place the default is decided
+
+
+def choose_precision(bundle: Bundle, backend: backends.Backend, requested: str | None = None) -> tuple[str, str]:
+    """(precision, why). Default: the backend's fastest precision that the bundle carries and
+    whose recorded quality check (if any) passed; backends list their precisions fastest first."""
+    supported = tuple(backend.precisions)
+    if requested is not None:
+        if requested not in bundle.precisions:
+            raise UserError(f"the bundle has no {requested!r} precision; valid --precision: {', '.join(bundle.precisions)}")
+        if requested not in supported:
+            raise UserError(f"backend {backend.name} cannot run {requested!r}; it runs: {', '.join(supported)}")
+        return requested, "requested"
+    skipped = []
+    for precision in supported:
+        if precision not in bundle.precisions:
+            continue
+        quality = bundle.precision_info(precision).get("quality", {})
+        if quality.get("passed", True) is False:
+            skipped.append(f"{precision} failed its quality check")
+            continue
+        why = f"fastest precision in the bundle that {backend.name} runs"
+        return precision, why + (f" ({'; '.join(skipped)})" if skipped else "")
+    raise UserError(
+        f"backend {backend.name} runs {', '.join(supported)} but the bundle has {', '.join(bundle.precisions)}"
+        + (f" ({'; '.join(skipped)})" if skipped else "") + "; pick another --backend or --precision"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator
+
+
+def _parse_world(prompt: str) -> None:
+    """Reject prompts the world cannot express (e.g. three objects) when the world parser exists."""
+    try:
+        from edgegen.world import parse_prompt
+    except ImportError:  # the world module is optional for a bare runtime install
+        return
+    parse_prompt(prompt)
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A loaded bundle on one backend at one precision. Immutable and shareable across threads."""
+
+    bundle: Bundle
+    backend: str
+    precision: str
+    tokenizer: Tokenizer
+    sessions: Mapping[str, backends.Session]
+
+    @classmethod
+    def load(
+        cls,
+        bundle: Bundle | str | Path | None = None,
+        backend: str = backends.AUTO,
+        precision: str | None = None,
+    ) -> Generator:
+        """Load a bundle (default: the shipped one), pick the backend and precision, open sessions."""
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(default_bundle_path() if bundle is None else bundle)
+        impl = backends.resolve(backend)
+        chosen, why = choose_precision(bundle, impl, precision)
+        log.info("precision %s: %s", chosen, why)
+        sessions = {name: impl.open(bundle, name, chosen) for name in STREAM_COMPONENTS}
+        return cls(bundle=bundle, backend=impl.name, precision=chosen, tokenizer=bundle.tokenizer(), sessions=sessions)
+
+    # -- validation -------------------------------------------------------------------------
+    def check_prompt(self, prompt: str) -> np.ndarray:
+        """Token ids for `prompt` (int64 [L]); PromptError naming the problem if it is not valid."""
+        if not isinstance(prompt, str):
+            raise PromptError(f"the prompt must be a string, not {type(prompt).__name__}")
+        tokens = self.tokenizer.encode(prompt)  # unknown word → PromptError naming it
+        _parse_world(prompt)
+        return tokens
+
+    def check_steps(self, steps: int | None) -> int:
+        steps = self.bundle.default_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or int(steps) not in self.bundle.steps_available:
+            valid = ", ".join(str(s) for s in self.bundle.steps_available)
+            raise UserError(f"steps {steps!r} is not supported by this bundle; valid: {valid}")
+        return int(steps)
+
+    # -- generation -------------------------------------------------------------------------
+    def stream(
+        self,
+        prompt: str,
+        seed: int = 0,
+        frames: int | None = None,
+        steps: int | None = None,
+        hooks: HookArg = None,
+    ) -> Stream:
+        """An iterator of uint8 H×W×3 frames; `frames=None` streams without end at fixed memory."""
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1):
+            raise UserError(f"frames must be a whole number ≥ 1, not {frames!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+            raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}, not {seed!r}")
+        tokens = self.check_prompt(prompt)
+        return Stream(self, tokens, int(seed), None if frames is None else int(frames), self.check_steps(steps), _as_hooks(hooks))
+
+    def generate(self, prompt: str, seed: int = 0, frames: int = 16, steps: int | None = None, hooks: HookArg = None) -> np.ndarray:
+        """The whole clip at once: uint8 [frames, H, W, 3]."""
+        return np.stack(list(self.stream(prompt, seed=seed, frames=frames, steps=steps, hooks=hooks)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream
+
+
+class Stream(Iterator[np.ndarray]):
+    """One clip being generated: owns the rng, the KV cache, the VAE state and every buffer.
+
+    Buffers are allocated once here; a backend's outputs are copied into them, so the stream's
+    memory does not grow with its length. Not thread-safe itself: one thread per stream.
+    """
+
+    def __init__(self, gen: Generator, tokens: np.ndarray, seed: int, frames: int | None, steps: int, hooks: Hooks) -> None:
+        self.generator = gen
+        self.seed = seed
+        self.frames = frames
+        self.steps = steps
+        self._hooks = hooks
+        self._times = gen.bundle.schedule(steps)
+        self._t_ctx = gen.bundle.t_ctx
+        self._rng = sampling.stream_rng(seed)
+
+        denoiser = gen.bundle.component(gen.precision, "denoiser")
+        decoder = gen.bundle.component(gen.precision, "vae_decoder")
+        self._latent_shape = denoiser.input("latent").concrete_shape()  # (1, C, h, w)
+        self._tokens = tokens[None, :]  # (1, L)
+        self._t = np.zeros((1,), np.float32)
+        self._kv = np.zeros(denoiser.input("kv_cache").concrete_shape(), np.float32)  # (1, depth, 2, W, N, D)
+        self._valid = np.zeros(denoiser.input("cache_valid").concrete_shape(), np.float32)  # (1, W)
+        self._state = np.zeros(decoder.input("state").concrete_shape(), np.float32)  # (1, *S_dec)
+        self._text: np.ndarray | None = None
+        self._pooled: np.ndarray | None = None
+        self._iter = self._run()
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._iter)
+
+    def close(self) -> None:
+        self._iter.close()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _denoise(self, x: np.ndarray, t: float) -> dict[str, np.ndarray]:
+        self._t[0] = t
+        return self.generator.sessions["denoiser"].run({
+            "latent": x,
+            "t": self._t,
+            "text": self._text,
+            "text_pooled": self._pooled,
+            "kv_cache": self._kv,
+            "cache_valid": self._valid,
+        })
+
+    def _run(self) -> Iterator[np.ndarray]:
+        sessions = self.generator.sessions
+        start = time.perf_counter()
+        encoded = sessions["text_encoder"].run({"tokens": self._tokens})
+        self._text, self._pooled = encoded["text"], encoded["text_pooled"]  # (1, L, D), (1, D)
+        emitted, chunk, pending_commit = 0, 0, None
+        while self.frames is None or emitted < self.frames:
+            chunk_start = time.perf_counter()
+            if pending_commit is not None:  # the previous chunk's KV, now that more frames are wanted
+                self._commit(pending_commit, chunk - 1)
+            x = sampling.chunk_noise(self._rng, self._latent_shape)  # (1, C, h, w)
+            for k, (t, t_next) in enumerate(zip(self._times[:-1], self._times[1:], strict=True)):
+                step_start = time.perf_counter()
+                velocity = self._denoise(x, t)["velocity"]
+                x = sampling.euler_step(x, velocity, t, t_next)
+                self._hooks.on_step(StepEvent(chunk, k, self.steps, t, time.perf_counter() - step_start))
+            decode_start = time.perf_counter()
+            decoded = sessions["vae_decoder"].run({"latent": x, "state": self._state})
+            np.copyto(self._state, decoded["state_out"])
+            now = time.perf_counter()
+            clip = _to_uint8(decoded["frames"][0])  # (F, H, W, 3)
+            if self.frames is not None:
+                clip = clip[: self.frames - emitted]
+            emitted += len(clip)
+            self._hooks.on_chunk(ChunkEvent(chunk, len(clip), emitted, now - chunk_start, now - decode_start, now - start))
+            yield from clip
+            pending_commit = x
+            chunk += 1
+
+    def _commit(self, x: np.ndarray, chunk: int) -> None:
+        """Append the finished chunk's K/V to the rolling cache and mark the newest slot valid."""
+        step_start = time.perf_counter()
+        np.copyto(self._kv, self._denoise(x, self._t_ctx)["kv_cache_out"])
+        self._valid[:, :-1] = self._valid[:, 1:]
+        self._valid[:, -1] = 1.0
+        self._hooks.on_step(StepEvent(chunk, self.steps, self.steps, self._t_ctx, time.perf_counter() - step_start))
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    """[0, 1] float frames → uint8, rounded (F, H, W, 3)."""
+    return np.rint(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
