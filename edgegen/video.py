@@ -28,7 +28,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import shutil
 import sys
 from collections.abc import Iterable
@@ -112,6 +111,8 @@ def _check_stdout() -> None:
 
 
 def _check_target(target: Path, kind: str, force: bool) -> None:
+    if target.name in ("", ".", ".."):
+        raise UserError(f"cannot write video to {target}; name a new file or folder")
     if target.exists() or target.is_symlink():
         if not force:
             raise UserError(f"{target} exists; pass --force to overwrite")
@@ -138,7 +139,7 @@ def _is_frame_file(p: Path) -> bool:
 
 def _make_temp(target: Path, kind: str) -> Path:
     """Create the hidden temp file/folder beside `target` (same filesystem, so rename is atomic)."""
-    temp = target.with_name(f".{target.name}.partial-{secrets.token_hex(4)}")
+    temp = target.with_name(f".{target.name}.partial-{os.urandom(4).hex()}")
     try:
         if kind == "png":
             temp.mkdir()
@@ -175,7 +176,13 @@ _RGB_TO_YCC = np.array(
         [0.5, -_KG / (2 * (1 - _KR)), -_KB / (2 * (1 - _KR))],
     ]
 )
-_YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC)
+_YCC_TO_RGB = np.array(
+    [
+        [1.0, 0.0, 2 * (1 - _KR)],
+        [1.0, -2 * _KB * (1 - _KB) / _KG, -2 * _KR * (1 - _KR) / _KG],
+        [1.0, 2 * (1 - _KB), 0.0],
+    ]
+)
 _FULL = (np.ones(3), np.array([0.0, 128.0, 128.0]))
 _LIMITED = (np.array([219.0, 224.0, 224.0]) / 255.0, np.array([16.0, 128.0, 128.0]))
 
@@ -442,7 +449,7 @@ class _PngWriter(VideoWriter):
         if not self._force:
             raise UserError(f"{target} exists; pass --force to overwrite")
         # A folder cannot be replaced in one rename: move the old one aside, then swap.
-        old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+        old = target.with_name(f".{target.name}.old-{os.urandom(4).hex()}")
         os.rename(target, old)
         try:
             os.rename(self._temp, target)
@@ -534,13 +541,13 @@ def write_video(
 # Readers
 
 
-def read_video(path: str | Path) -> Video:
+def read_video(path: str | Path, format: str | None = None) -> Video:
     """Read any format this module writes -> `Video(frames uint8 [F, H, W, 3], fps)`.
 
     mp4 files written here come back at their original size (the 2x encode is undone). PNG
     folders without an fps text chunk report 24 fps (the project default).
     """
-    kind = detect_format(path)
+    kind = detect_format(path, format)
     if kind == "stdout":
         raise UserError("reading video from stdin is not supported; save it to a .y4m file first")
     target = Path(path)

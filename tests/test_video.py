@@ -221,6 +221,16 @@ def test_folder_formats(tmp_path: Path) -> None:
     assert listing(tmp_path / "out.d") == ["frame_00000.png", "frame_00001.png"]
 
 
+def test_format_argument_overrides_the_suffix(tmp_path: Path) -> None:
+    write_video(tmp_path / "clip.bin", moving_shapes(2), fps=24, format="y4m")
+    assert (tmp_path / "clip.bin").read_bytes().startswith(b"YUV4MPEG2 ")
+    assert read_video(tmp_path / "clip.bin", format="y4m").frames.shape == (2, 64, 64, 3)
+    with pytest.raises(UserError, match="only y4m can be streamed"):
+        check_writable("-", format="mp4")
+    with pytest.raises(UserError, match="name a new file or folder"):
+        check_writable(".", force=True)
+
+
 def test_missing_parent_and_file_as_parent(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         check_writable(tmp_path / "nope" / "clip.mp4")
@@ -322,6 +332,32 @@ def test_stdout_streams_each_frame_as_it_is_written(tmp_path: Path) -> None:
     (tmp_path / "got.y4m").write_bytes(b"".join(received))
     got = read_video(tmp_path / "got.y4m")
     assert got.fps == 24 and np.abs(got.frames.astype(int) - frames).max() <= 1
+
+
+def test_stdout_refuses_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = run_script(
+            """
+            from edgegen.errors import UserError
+            from edgegen.video import check_writable
+            try:
+                check_writable("-")
+            except UserError as exc:
+                raise SystemExit(str(exc))
+        """,
+            tmp_path,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert proc.returncode == 1 and "refusing to write video to a terminal" in err
 
 
 def test_stdout_reader_going_away_raises_broken_pipe_quietly(tmp_path: Path) -> None:
