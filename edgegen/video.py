@@ -46,7 +46,7 @@ FORMATS = ("mp4", "gif", "y4m", "png")
 STDOUT = "-"
 SUPPORTED = ".mp4, .gif, .y4m, a folder (PNG frames) or - (y4m on stdout)"
 
-MP4_CRF = 12  # ~40 dB on saturated synthetic clips; lower CRF buys little (see tests)
+MP4_CRF = 12  # 64x64 shapes: 49 dB (CRF 18: 47, CRF 0: 50); uniform noise: 37 dB
 MP4_SCALE = 2
 _SCALE_KEY = "edgegen_pixel_scale"
 _FRAME_RE = re.compile(r"frame_(\d+)\.png")
