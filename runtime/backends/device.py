@@ -1,0 +1,136 @@
+"""What the GPU backends share: the device-resident fast path and a dependency-free GPU probe.
+
+The `Session` protocol (`run(feeds) -> outputs`) moves every input to the device and every
+output back, every call. For the denoiser that would copy the whole KV cache (depth × 2 × W ×
+N × D floats) to the host and back on every step. GPU sessions therefore also implement
+`DeviceSession`: one persistent device buffer per input and output, allocated once at `open`,
+and three primitives on top of them:
+
+    write(name, array)       host → device, into input `name`'s buffer (stays until overwritten)
+    step(read=())            run on the bound buffers; copy back only the outputs named in `read`
+    carry(output, input)     `input` now holds what `output` produced; no copy, no host trip
+
+`carry` swaps the two buffers (double buffering): the next `step` reads the old output buffer as
+its input and writes into the old input buffer. A backend that replays CUDA graphs keeps one
+graph per buffer arrangement (two for a carried pair), so a swap never invalidates a graph.
+
+The streaming loop (DESIGN.md) maps onto it like this, per stream:
+
+    s.write("text", text); s.write("text_pooled", pooled); s.write("kv_cache", zeros)
+    per chunk:  s.write("cache_valid", valid)
+        per step:   s.write("latent", x); s.write("t", t); v = s.step(read=["velocity"])["velocity"]
+                    x = x + (t_next - t) * v              # the shared numpy Euler step
+        commit:     s.write("latent", x); s.write("t", t_ctx); s.step(); s.carry("kv_cache_out", "kv_cache")
+
+The KV cache and the text embeddings never leave the GPU. The latent and velocity (C×h×w floats,
+8 KiB at the default size) cross once per step each, deliberately: the Euler update stays the
+shared numpy sampler every backend uses. `run(feeds)` is `write` for every input plus
+`step(read=all outputs)`, so the plain protocol and the fast path share buffers and graphs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class DeviceSession(Protocol):
+    """A session whose inputs and outputs live in persistent device buffers (see module doc)."""
+
+    def write(self, name: str, value: np.ndarray) -> None:
+        """Copy `value` (exactly the input's shape) into input `name`'s device buffer."""
+        ...
+
+    def step(self, read: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Run once on the bound buffers; return host copies of the outputs named in `read`."""
+        ...
+
+    def carry(self, output: str, input: str) -> None:
+        """Make input `input` hold what output `output` produced in the last `step` (a buffer swap)."""
+        ...
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One CUDA device, as the driver reports it."""
+
+    index: int
+    name: str
+    compute_capability: tuple[int, int]
+    total_memory: int  # bytes; on Jetson this is the shared CPU+GPU memory
+    driver_version: int  # e.g. 12060 for CUDA 12.6
+
+    @property
+    def sm(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+
+# CUdevice_attribute values from cuda.h (stable since CUDA 3.x).
+_CC_MAJOR, _CC_MINOR = 75, 76
+
+
+def _load_libcuda() -> ctypes.CDLL | None:
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
+    found = ctypes.util.find_library("cuda")
+    if found:
+        names.append(found)
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def probe_gpu(index: int = 0) -> tuple[GpuInfo | None, str]:
+    """(GPU `index`, "") or (None, why not) via the CUDA driver API, with no Python CUDA package.
+
+    Used by `available()` so a backend can say "no GPU" before importing a heavy library, and by
+    the trt-rtx backend to check the compute capability.
+    """
+    lib = _load_libcuda()
+    if lib is None:
+        return None, "no NVIDIA driver found (libcuda could not be loaded): this machine has no usable NVIDIA GPU"
+    if (err := lib.cuInit(0)) != 0:
+        return None, f"the NVIDIA driver is present but cuInit failed (CUresult {err}): no usable GPU (check nvidia-smi)"
+    count = ctypes.c_int(0)
+    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return None, "the NVIDIA driver reports no CUDA device"
+    if index >= count.value:
+        return None, f"GPU {index} does not exist (the driver reports {count.value})"
+    device = ctypes.c_int(0)
+    lib.cuDeviceGet(ctypes.byref(device), index)
+    name = ctypes.create_string_buffer(256)
+    lib.cuDeviceGetName(name, len(name), device)
+    major, minor, driver = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, device)
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, device)
+    lib.cuDriverGetVersion(ctypes.byref(driver))
+    memory = ctypes.c_size_t(0)
+    lib.cuDeviceTotalMem_v2(ctypes.byref(memory), device)
+    info = GpuInfo(index, name.value.decode(errors="replace"), (major.value, minor.value), memory.value, driver.value)
+    return info, ""
+
+
+def is_jetson() -> bool:
+    """True on an NVIDIA Jetson (L4T writes /etc/nv_tegra_release)."""
+    return platform.machine() == "aarch64" and Path("/etc/nv_tegra_release").exists()
+
+
+def check_feed(name: str, value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """`value` as a C-contiguous array of `dtype`, or a ValueError naming the input and the mismatch."""
+    value = np.asarray(value)
+    if value.shape != shape:
+        raise ValueError(f"input {name!r} has shape {value.shape}, the session was built for {shape}")
+    if not np.can_cast(value.dtype, dtype, casting="same_kind"):
+        raise ValueError(f"input {name!r} has dtype {value.dtype}, the model takes {dtype}")
+    return np.ascontiguousarray(value, dtype=dtype)

@@ -1,0 +1,495 @@
+"""TensorRT backend: engines built from the bundle's ONNX, cached, replayed as CUDA graphs.
+
+Build (once per bundle × component × precision × GPU × TensorRT version, see engine_cache.py):
+- the network is always STRONGLY_TYPED: precision is what the ONNX says (fp16 weights, Q/DQ
+  nodes), never a builder flag. TensorRT 11 removed the FP16/INT8 flags and implicit calibration;
+  10.3 (JetPack 6) already supports strong typing, so one code path serves both.
+- one optimization profile with the manifest's static shapes, batch min = opt = max = 1 by default;
+- a workspace limit (1 GiB default: Jetson boards share 8-16 GiB between CPU and GPU);
+- a timing cache persisted next to the engines, so rebuilds (new bundle, new settings) are fast.
+
+Run: one execution context and one CUDA stream per session; every input and output has a device
+buffer and a pinned host staging buffer allocated once; `execute_async_v3` on the stream; the
+enqueue of a step is captured once as a CUDA graph and replayed (one launch per step). The
+device-resident fast path (`write` / `step` / `carry`, see device.py) keeps the KV cache on the GPU.
+
+Nothing here is imported unless the backend is asked for; `tensorrt` and `cuda-python` are
+imported inside functions, so `available()` can say what is missing instead of failing at import.
+NOTE: written against the documented TensorRT 10 and cuda-python APIs; it has not run on a GPU yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgegen.bundle import check_io
+from edgegen.errors import BackendUnavailable, BundleError, UserError
+
+from ..engine_cache import BuildSettings, EngineCache, EngineSpec, TrtEnvironment
+from .device import check_feed, is_jetson, probe_gpu
+
+if TYPE_CHECKING:
+    from edgegen.bundle import Bundle, ComponentEntry
+
+log = logging.getLogger(__name__)
+
+MIN_TENSORRT = (10, 0)  # strongly typed networks, execute_async_v3, IProgressMonitor
+FP8_MIN_SM = (8, 9)  # Ada and newer; Jetson Orin (8.7) has FP16/INT8 tensor cores only
+
+# (phase, step, total) for every step TensorRT reports while building; returning False cancels.
+ProgressCallback = Callable[[str, int, int], bool]
+
+
+def install_hint() -> str:
+    """How to get TensorRT's Python API on this kind of machine."""
+    if is_jetson():
+        return "on Jetson, TensorRT comes with JetPack: sudo apt install python3-libnvinfer, then pip install cuda-python"
+    return 'pip install "edgegen[tensorrt]" (the tensorrt and cuda-python wheels; needs an NVIDIA driver)'
+
+
+def import_tensorrt() -> Any:
+    import tensorrt
+
+    return tensorrt
+
+
+def import_cudart() -> Any:
+    """The CUDA runtime bindings: `cuda.bindings.runtime` (cuda-python ≥ 12.6), else the older `cuda.cudart`."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        from cuda import cudart as runtime  # removed in cuda-python 13
+    return runtime
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed (the message names the call and the cudaError_t)."""
+
+
+def _cuda(cudart: Any, result: Any, what: str) -> Any:
+    """Unpack cuda-python's (error, *values) tuples; raise CudaError on failure."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise CudaError(f"{what} failed: {err}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+
+
+class TensorRTBackend:
+    """`tensorrt`: TensorRT engines from the bundle's ONNX, cached under $EDGEGEN_CACHE_DIR."""
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        *,
+        cache: EngineCache | None = None,
+        settings: BuildSettings | None = None,
+        batch: tuple[int, int, int] = (1, 1, 1),
+        cuda_graph: bool = True,
+        device: int = 0,
+    ) -> None:
+        self.cache = cache or EngineCache()
+        self.settings = settings or BuildSettings()
+        self.batch = batch
+        self.cuda_graph = cuda_graph
+        self.device = device
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Fastest first; fp8 only where the GPU has FP8 tensor cores (sm 8.9+)."""
+        gpu, _ = probe_gpu(self.device)
+        if gpu is not None and gpu.compute_capability >= FP8_MIN_SM:
+            return ("fp8", "int8", "fp16", "fp32")
+        return ("int8", "fp16", "fp32")
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            trt = import_tensorrt()
+        except (ImportError, OSError) as exc:
+            return False, f"TensorRT is not installed ({exc}); {install_hint()}"
+        if _version_tuple(trt.__version__) < MIN_TENSORRT:
+            return False, f"TensorRT {trt.__version__} is too old: edgegen needs TensorRT 10 or newer (JetPack 6 ships 10.3)"
+        try:
+            import_cudart()
+        except (ImportError, OSError) as exc:
+            return False, f"cuda-python is not installed ({exc}); it provides the CUDA streams and buffers: pip install cuda-python"
+        gpu, why = probe_gpu(self.device)
+        if gpu is None:
+            return False, f"TensorRT {trt.__version__} is installed but {why}"
+        return True, f"TensorRT {trt.__version__} on {gpu.name} (sm {gpu.sm})"
+
+    def require(self) -> None:
+        ok, why = self.available()
+        if not ok:
+            raise BackendUnavailable(f"backend 'tensorrt' is not available: {why}")
+
+    def environment(self) -> TrtEnvironment:
+        """The TensorRT version and GPU engines are built for here (part of every cache key)."""
+        gpu, why = probe_gpu(self.device)
+        if gpu is None:
+            raise BackendUnavailable(f"backend 'tensorrt' is not available: {why}")
+        return TrtEnvironment(tensorrt=import_tensorrt().__version__, gpu=gpu.name, compute_capability=gpu.sm)
+
+    def engine_spec(self, bundle: Bundle, component: str, precision: str) -> EngineSpec:
+        return EngineSpec.for_component(bundle, component, precision, self.environment(), self.settings, self.batch)
+
+    def ensure_engine(
+        self,
+        bundle: Bundle,
+        component: str,
+        precision: str,
+        *,
+        force: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> EngineResult:
+        """The cached plan for this component, building (and caching) it when missing, stale or forced."""
+        spec = self.engine_spec(bundle, component, precision)
+        _check_precision_fits_gpu(spec)
+        with self.cache.lock(spec):  # a concurrent build of the same key finishes first, then hits
+            found = self.cache.load(spec)
+            if found.status == "hit" and not force:
+                log.debug("using cached TensorRT engine %s", found.path)
+                return EngineResult(spec, found.path, found.plan or b"", built=False, reason="cached")
+            reason = "forced rebuild (--force)" if force else found.reason
+            verb = "rebuilding" if found.status == "stale" else "building"
+            log.info("%s the TensorRT engine for %s: %s", verb, spec.label, reason)
+            entry = bundle.component(precision, component)
+            started = time.perf_counter()
+            plan, timing_cache = build_plan(
+                bundle.file(entry.file), entry, spec, self.cache.read_timing_cache(spec.env), progress
+            )
+            seconds = time.perf_counter() - started
+            self.cache.write_timing_cache(spec.env, timing_cache)
+            path = self.cache.store(spec, plan, build_seconds=seconds)
+            log.info("built %s in %.0f s: %s (%.1f MiB)", spec.label, seconds, path, len(plan) / (1 << 20))
+            return EngineResult(spec, path, plan, built=True, reason=reason)
+
+    def open(self, bundle: Bundle, component: str, precision: str) -> TensorRTSession:
+        self.require()
+        result = self.ensure_engine(bundle, component, precision)
+        engine = deserialize(result.plan, result.path)
+        entry = bundle.component(precision, component)
+        return TensorRTSession(engine, entry, cuda_graph=self.cuda_graph, batch=self.batch[1])
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    spec: EngineSpec
+    path: Path
+    plan: bytes
+    built: bool
+    reason: str  # why it was built, or "cached"
+
+
+def _check_precision_fits_gpu(spec: EngineSpec) -> None:
+    cc = tuple(int(p) for p in spec.env.compute_capability.split("."))
+    if spec.precision == "fp8" and cc < FP8_MIN_SM:
+        raise UserError(
+            f"fp8 needs FP8 tensor cores (sm 8.9+: Ada, Hopper, Blackwell); {spec.env.gpu} is sm "
+            f"{spec.env.compute_capability}: use --precision int8 or fp16"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and loading
+
+
+_LOGGER: Any = None
+
+
+def trt_logger() -> Any:
+    """One process-wide trt.ILogger that forwards TensorRT's messages to `logging`."""
+    global _LOGGER
+    if _LOGGER is None:
+        trt = import_tensorrt()
+        severity = trt.ILogger.Severity
+        levels = {
+            severity.INTERNAL_ERROR: logging.ERROR,
+            severity.ERROR: logging.ERROR,
+            severity.WARNING: logging.WARNING,
+            severity.INFO: logging.DEBUG,
+            severity.VERBOSE: logging.DEBUG,
+        }
+
+        class _Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, sev: Any, msg: str) -> None:
+                log.log(levels.get(sev, logging.DEBUG), "TensorRT: %s", msg)
+
+        _LOGGER = _Logger()
+    return _LOGGER
+
+
+def _progress_monitor(trt: Any, callback: ProgressCallback) -> Any:
+    """A trt.IProgressMonitor (TensorRT ≥ 10.0) forwarding phase steps to `callback`."""
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.totals: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.totals[phase_name] = num_steps
+            callback(phase_name, 0, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return callback(phase_name, step + 1, self.totals.get(phase_name, 0)) is not False
+
+        def phase_finish(self, phase_name: str) -> None:
+            total = self.totals.pop(phase_name, 0)
+            callback(phase_name, total, total)
+
+    return _Monitor()
+
+
+def build_plan(
+    onnx_path: Path,
+    entry: ComponentEntry,
+    spec: EngineSpec,
+    timing_cache: bytes,
+    progress: ProgressCallback | None = None,
+) -> tuple[bytes, bytes]:
+    """Parse the ONNX into a strongly typed network and build it: (serialized plan, timing cache)."""
+    trt = import_tensorrt()
+    logger = trt_logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # resolves external data next to the file
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        hint = ""
+        if entry.opset > 20 and _version_tuple(trt.__version__) < (10, 9):
+            hint = f"; the file uses ONNX opset {entry.opset} and TensorRT {trt.__version__} parses up to opset 20: re-export with opset 20"
+        raise BundleError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors[0] if errors else 'unknown error'}{hint}")
+    check_io(
+        entry,
+        onnx_path,
+        [network.get_input(i).name for i in range(network.num_inputs)],
+        [network.get_output(i).name for i in range(network.num_outputs)],
+    )
+
+    config = builder.create_builder_config()
+    # No FP16/INT8/FP8 flags, ever: the network is strongly typed, precision comes from the ONNX.
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.settings.workspace_bytes)
+    config.builder_optimization_level = spec.settings.optimization_level
+    profile = builder.create_optimization_profile()
+    for p in spec.profile:
+        profile.set_shape(p.name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.info("the timing cache does not fit this GPU/TensorRT; starting a fresh one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    if progress is not None and hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = _progress_monitor(trt, progress)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UserError(
+            f"TensorRT could not build {spec.label} within a {spec.settings.workspace_bytes >> 20} MiB "
+            "workspace (see the TensorRT errors above); try a larger --workspace-mb, or free GPU memory"
+        )
+    return bytes(plan), bytes(config.get_timing_cache().serialize())
+
+
+def deserialize(plan: bytes, path: Path) -> _EngineHandle:
+    """The ICudaEngine for a validated plan, kept together with the runtime that loaded it."""
+    trt = import_tensorrt()
+    runtime = trt.Runtime(trt_logger())
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise UserError(f"TensorRT could not load {path} (see its error above); rebuild it: edgegen build --force")
+    return _EngineHandle(engine, runtime)
+
+
+@dataclass(frozen=True)
+class _EngineHandle:
+    """An engine and the runtime that deserialized it (kept alive together)."""
+
+    engine: Any
+    runtime: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+class _Buffer:
+    """One tensor: a device allocation and a pinned host staging array of the same size."""
+
+    def __init__(self, cudart: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape, self.dtype = shape, dtype
+        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.device: int = int(_cuda(cudart, cudart.cudaMalloc(self.nbytes), "cudaMalloc"))
+        host = int(_cuda(cudart, cudart.cudaMallocHost(self.nbytes), "cudaMallocHost"))
+        raw = (ctypes.c_uint8 * self.nbytes).from_address(host)
+        self.host = np.frombuffer(raw, dtype=np.uint8).view(dtype).reshape(shape)
+        self._host_ptr = host
+
+    def free(self, cudart: Any) -> None:
+        cudart.cudaFree(self.device)
+        cudart.cudaFreeHost(self._host_ptr)
+
+
+class TensorRTSession:
+    """One engine on one stream: `run` (the Session protocol) and the DeviceSession fast path."""
+
+    def __init__(self, handle: _EngineHandle, entry: ComponentEntry, *, cuda_graph: bool = True, batch: int = 1) -> None:
+        trt, cudart = import_tensorrt(), import_cudart()
+        self._cudart = cudart
+        self._handle = handle
+        self.entry = entry
+        engine = handle.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        check_io(entry, Path(entry.file), inputs, [n for n in names if n not in inputs])
+        self._context = engine.create_execution_context()
+        self._stream = _cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._inputs = entry.input_names
+        self._outputs = entry.output_names
+        self._buffers: dict[str, _Buffer] = {}
+        try:
+            for spec in (*entry.inputs, *entry.outputs):
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(spec.name)))
+                if dtype != np.dtype(spec.dtype):
+                    raise BundleError(
+                        f"{entry.file}: TensorRT sees {spec.name} as {dtype}, the manifest says {spec.dtype}; re-export the bundle"
+                    )
+                shape = spec.concrete_shape(batch)
+                if spec.name in self._inputs:
+                    self._context.set_input_shape(spec.name, shape)
+                self._buffers[spec.name] = _Buffer(cudart, shape, dtype)
+            for spec in entry.outputs:  # input shapes are set: TensorRT can report the output shapes
+                got = tuple(self._context.get_tensor_shape(spec.name))
+                if got != self._buffers[spec.name].shape:
+                    raise BundleError(f"{entry.file}: output {spec.name} has shape {got}, the manifest says {spec.shape}")
+        except BaseException:
+            self.close()
+            raise
+        self._bind_addresses()
+        self._cuda_graph = cuda_graph
+        self._graphs: dict[tuple[int, ...], Any] = {}  # buffer arrangement -> cudaGraphExec_t
+        self._lock = threading.RLock()
+
+    # -- the Session protocol -------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self._inputs if n not in feeds]
+        if missing:
+            raise ValueError(f"{self.entry.component}: missing inputs {missing}")
+        with self._lock:
+            for name in self._inputs:
+                self.write(name, feeds[name])
+            return self.step(read=self._outputs)
+
+    # -- DeviceSession --------------------------------------------------------------------------
+    def write(self, name: str, value: np.ndarray) -> None:
+        buf = self._buffer(name, self._inputs, "input")
+        with self._lock:
+            np.copyto(buf.host, check_feed(name, value, buf.shape, buf.dtype))
+            kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            _cuda(self._cudart, self._cudart.cudaMemcpyAsync(buf.device, buf.host.ctypes.data, buf.nbytes, kind, self._stream), "cudaMemcpyAsync H2D")
+
+    def step(self, read: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        cudart = self._cudart
+        bufs = [self._buffer(n, self._outputs, "output") for n in read]
+        with self._lock:
+            self._execute()
+            kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            for buf in bufs:
+                _cuda(cudart, cudart.cudaMemcpyAsync(buf.host.ctypes.data, buf.device, buf.nbytes, kind, self._stream), "cudaMemcpyAsync D2H")
+            _cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            return {name: buf.host.copy() for name, buf in zip(read, bufs, strict=True)}
+
+    def carry(self, output: str, input: str) -> None:
+        out, inp = self._buffer(output, self._outputs, "output"), self._buffer(input, self._inputs, "input")
+        if (out.shape, out.dtype) != (inp.shape, inp.dtype):
+            raise ValueError(f"cannot carry {output} {out.shape} into {input} {inp.shape}")
+        with self._lock:
+            self._buffers[output], self._buffers[input] = inp, out
+            self._bind_addresses()
+
+    def close(self) -> None:
+        cudart = self._cudart
+        for graph in getattr(self, "_graphs", {}).values():
+            cudart.cudaGraphExecDestroy(graph)
+        self._graphs = {}
+        for buf in getattr(self, "_buffers", {}).values():
+            buf.free(cudart)
+        self._buffers = {}
+        if getattr(self, "_stream", None) is not None:
+            cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: CUDA may already be gone
+            self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+    def _buffer(self, name: str, allowed: Sequence[str], what: str) -> _Buffer:
+        if name not in allowed:
+            raise KeyError(f"{self.entry.component} has no {what} {name!r}; {what}s: {list(allowed)}")
+        return self._buffers[name]
+
+    def _bind_addresses(self) -> None:
+        for name, buf in self._buffers.items():
+            self._context.set_tensor_address(name, buf.device)
+
+    def _enqueue(self) -> None:
+        if not self._context.execute_async_v3(self._stream):
+            raise RuntimeError(f"TensorRT failed to enqueue {self.entry.component} (see the TensorRT error above)")
+
+    def _execute(self) -> None:
+        """One inference on the stream: replay the graph for this buffer arrangement, capturing it once."""
+        if not self._cuda_graph:
+            self._enqueue()
+            return
+        arrangement = tuple(self._buffers[n].device for n in (*self._inputs, *self._outputs))
+        graph = self._graphs.get(arrangement)
+        if graph is not None:
+            _cuda(self._cudart, self._cudart.cudaGraphLaunch(graph, self._stream), "cudaGraphLaunch")
+            return
+        # First time with these addresses: a plain enqueue (TensorRT does its deferred setup and
+        # this call's results), then a capture of the same enqueue for every later call.
+        self._enqueue()
+        if (captured := self._capture()) is not None:
+            self._graphs[arrangement] = captured
+
+    def _capture(self) -> Any:
+        cudart = self._cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        _cuda(cudart, cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
+        enqueued = False
+        try:
+            enqueued = self._context.execute_async_v3(self._stream)
+        finally:
+            err, graph = cudart.cudaStreamEndCapture(self._stream)
+        if not enqueued or err != cudart.cudaError_t.cudaSuccess:
+            # Not silent: the one line says why, and every later step runs uncaptured.
+            log.warning("%s: CUDA graph capture failed (%s); running without CUDA graphs", self.entry.component, err)
+            self._cuda_graph = False
+            return None
+        exec_graph = _cuda(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        cudart.cudaGraphDestroy(graph)
+        return exec_graph
