@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -236,16 +236,11 @@ class VideoWriter:
         """Append one uint8 [H, W, 3] frame; every frame must have the first frame's size."""
         assert self._state == "open", f"write() on a {self._state} writer"
         frame = self._validate(frame)
-        try:
+        with self._abort_on_error():
             if self._size is None:
                 self._size = frame.shape[:2]
                 self._start(*self._size)
             self._write(frame)
-        except BrokenPipeError:
-            raise  # the reader of stdout went away: the CLI exits quietly (141)
-        except OSError as exc:
-            self.abort()
-            raise _write_error(self.path, exc) from exc
         self.frames_written += 1
 
     def close(self) -> None:
@@ -255,18 +250,9 @@ class VideoWriter:
         if self.frames_written == 0:
             self.abort()
             raise UserError(f"no frames to write to {self.path}; nothing was written")
-        try:
+        with self._abort_on_error():
             self._finish()
             self._commit()
-        except BrokenPipeError:
-            self.abort()
-            raise
-        except OSError as exc:
-            self.abort()
-            raise _write_error(self.path, exc) from exc
-        except BaseException:
-            self.abort()
-            raise
         self._state = "closed"
         log.debug("wrote %d frames to %s", self.frames_written, self.path)
 
@@ -280,6 +266,18 @@ class VideoWriter:
         finally:
             if self._temp is not None:
                 _remove_temp(self._temp)
+
+    @contextlib.contextmanager
+    def _abort_on_error(self) -> Iterator[None]:
+        """Any failure kills the writer; OSErrors (disk full, ...) become one-line UserErrors."""
+        try:
+            yield
+        except BaseException as exc:
+            self.abort()
+            # A closed stdout pipe is not an error to report: the CLI exits quietly (141).
+            if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+                raise _write_error(self.path, exc) from exc
+            raise
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -305,11 +303,10 @@ class VideoWriter:
         """Release handles without caring about a valid file (failure path); must not raise."""
 
     def _commit(self) -> None:
-        target = Path(self.path)
         assert self._temp is not None
-        if not self._force and (target.exists() or target.is_symlink()):
-            raise UserError(f"{target} exists; pass --force to overwrite")
-        os.replace(self._temp, target)
+        if not self._force and (self.path.exists() or self.path.is_symlink()):
+            raise UserError(f"{self.path} exists; pass --force to overwrite")
+        os.replace(self._temp, self.path)
 
     def _validate(self, frame: np.ndarray) -> np.ndarray:
         frame = np.asarray(frame)
@@ -429,19 +426,21 @@ class _AvWriter(VideoWriter):
 class _PngWriter(VideoWriter):
     """A folder of frame_00000.png, ...; the temp folder is renamed into place at commit."""
 
-    def _write(self, frame: np.ndarray) -> None:
-        from PIL import Image
+    def _start(self, height: int, width: int) -> None:
         from PIL.PngImagePlugin import PngInfo
 
-        info = PngInfo()
-        info.add_text("fps", repr(self.fps))
+        self._info = PngInfo()
+        self._info.add_text("fps", repr(self.fps))  # read back by _read_png_folder
+
+    def _write(self, frame: np.ndarray) -> None:
+        from PIL import Image
+
         assert self._temp is not None
-        Image.fromarray(frame).save(
-            self._temp / f"frame_{self.frames_written:05d}.png", pnginfo=info
-        )
+        name = f"frame_{self.frames_written:05d}.png"
+        Image.fromarray(frame).save(self._temp / name, pnginfo=self._info)
 
     def _commit(self) -> None:
-        target = Path(self.path)
+        target = self.path
         assert self._temp is not None
         if not target.exists():
             os.rename(self._temp, target)
