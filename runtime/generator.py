@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgegen.runtime import backends
 
 from edgegen import sampling
 from edgegen.bundle import Bundle, default_bundle_path, load_bundle
 from edgegen.errors import PromptError, UserError
+from edgegen.runtime import backends
 from edgegen.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
