@@ -242,7 +242,7 @@ class EngineCache:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     def plan_path(self, spec: EngineSpec) -> Path:
-        return self.root / f"{_slug(spec.component)}.{_slug(spec.precision)}.{spec.key()}.plan"
+        return self.root / f"{slug(spec.component)}.{slug(spec.precision)}.{spec.key()}.plan"
 
     def sidecar_path(self, spec: EngineSpec) -> Path:
         return self.plan_path(spec).with_suffix(".json")
@@ -303,7 +303,7 @@ class EngineCache:
 
     def timing_cache_path(self, env: TrtEnvironment) -> Path:
         """TensorRT's timing cache, one per TensorRT version and GPU (it is only valid for those)."""
-        return self.root / f"timing.{_slug(env.tensorrt)}.{_slug(env.gpu)}.sm{_slug(env.compute_capability)}.cache"
+        return self.root / f"timing.{slug(env.tensorrt)}.{slug(env.gpu)}.sm{slug(env.compute_capability)}.cache"
 
     def read_timing_cache(self, env: TrtEnvironment) -> bytes:
         path = self.timing_cache_path(env)
@@ -317,7 +317,7 @@ class EngineCache:
         """Why there is no engine: the closest cached engine for the same component and precision, if any."""
         wanted = spec.fields()
         reasons = []
-        for sidecar in sorted(self.root.glob(f"{_slug(spec.component)}.{_slug(spec.precision)}.*.json")):
+        for sidecar in sorted(self.root.glob(f"{slug(spec.component)}.{slug(spec.precision)}.*.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 if why := explain_mismatch(json.loads(sidecar.read_text())["fields"], wanted):
                     reasons.append(why)
@@ -381,5 +381,5 @@ def _file_lock(path: Path, *, what: str) -> Iterator[None]:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"

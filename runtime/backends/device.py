@@ -3,29 +3,35 @@
 The `Session` protocol (`run(feeds) -> outputs`) moves every input to the device and every
 output back, every call. For the denoiser that would copy the whole KV cache (depth × 2 × W ×
 N × D floats) to the host and back on every step. GPU sessions therefore also implement
-`DeviceSession`: one persistent device buffer per input and output, allocated once at `open`,
-and three primitives on top of them:
+`DeviceSession.bind()`, which returns a `DeviceBinding`: one persistent device buffer per input
+and output (plus, for TensorRT, its own execution context and CUDA stream), allocated once, and
+three primitives on top of them:
 
     write(name, array)       host → device, into input `name`'s buffer (stays until overwritten)
     step(read=())            run on the bound buffers; copy back only the outputs named in `read`
     carry(output, input)     `input` now holds what `output` produced; no copy, no host trip
 
-`carry` swaps the two buffers (double buffering): the next `step` reads the old output buffer as
-its input and writes into the old input buffer. A backend that replays CUDA graphs keeps one
-graph per buffer arrangement (two for a carried pair), so a swap never invalidates a graph.
+A binding is stream state (DESIGN.md: the stream owns its caches), so each `Stream` binds its
+own; the session (engine, weights) stays shared and immutable. `carry` swaps the two buffers
+(double buffering): the next `step` reads the old output buffer as its input and writes into the
+old input buffer. Backends that replay CUDA graphs keep one graph per buffer arrangement (two for
+a carried pair), so a swap never invalidates a graph.
 
 The streaming loop (DESIGN.md) maps onto it like this, per stream:
 
-    s.write("text", text); s.write("text_pooled", pooled); s.write("kv_cache", zeros)
-    per chunk:  s.write("cache_valid", valid)
-        per step:   s.write("latent", x); s.write("t", t); v = s.step(read=["velocity"])["velocity"]
-                    x = x + (t_next - t) * v              # the shared numpy Euler step
-        commit:     s.write("latent", x); s.write("t", t_ctx); s.step(); s.carry("kv_cache_out", "kv_cache")
+    b = denoiser.bind()
+    b.write("text", text); b.write("text_pooled", pooled); b.write("kv_cache", zeros)
+    per chunk:  b.write("cache_valid", valid)
+        per step:   b.write("latent", x); b.write("t", t); v = b.step(read=["velocity"])["velocity"]
+                    x = sampling.euler_step(x, v, t, t_next)        # the shared numpy sampler
+        commit:     b.write("latent", x); b.write("t", t_ctx); b.step(); b.carry("kv_cache_out", "kv_cache")
 
 The KV cache and the text embeddings never leave the GPU. The latent and velocity (C×h×w floats,
 8 KiB at the default size) cross once per step each, deliberately: the Euler update stays the
-shared numpy sampler every backend uses. `run(feeds)` is `write` for every input plus
-`step(read=all outputs)`, so the plain protocol and the fast path share buffers and graphs.
+shared numpy sampler every backend uses. (If the exporter ever folds `x + dt·v` into the
+denoiser graph, `carry("latent_out", "latent")` keeps the latent on the device too.)
+`Session.run(feeds)` is a private binding's `write` for every input plus `step(read=all outputs)`,
+so the plain protocol and the fast path share one implementation.
 """
 
 from __future__ import annotations
@@ -43,8 +49,8 @@ import numpy as np
 
 
 @runtime_checkable
-class DeviceSession(Protocol):
-    """A session whose inputs and outputs live in persistent device buffers (see module doc)."""
+class DeviceBinding(Protocol):
+    """Persistent device buffers for one stream (see module doc). Not thread-safe: one stream, one thread."""
 
     def write(self, name: str, value: np.ndarray) -> None:
         """Copy `value` (exactly the input's shape) into input `name`'s device buffer."""
@@ -56,6 +62,19 @@ class DeviceSession(Protocol):
 
     def carry(self, output: str, input: str) -> None:
         """Make input `input` hold what output `output` produced in the last `step` (a buffer swap)."""
+        ...
+
+    def close(self) -> None:
+        """Free the device buffers now (they are also freed when the binding is collected)."""
+        ...
+
+
+@runtime_checkable
+class DeviceSession(Protocol):
+    """A Session that can also hand out per-stream device-resident bindings."""
+
+    def bind(self) -> DeviceBinding:
+        """New buffers (and stream/context) for one stream; the weights stay shared."""
         ...
 
 

@@ -354,91 +354,106 @@ class _Buffer:
 
 
 class TensorRTSession:
-    """One engine on one stream: `run` (the Session protocol) and the DeviceSession fast path."""
+    """One engine (shared, immutable): `run` for the Session protocol, `bind` for per-stream buffers."""
 
     def __init__(self, handle: _EngineHandle, entry: ComponentEntry, *, cuda_graph: bool = True, batch: int = 1) -> None:
-        trt, cudart = import_tensorrt(), import_cudart()
-        self._cudart = cudart
-        self._handle = handle
-        self.entry = entry
+        trt = import_tensorrt()
         engine = handle.engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         check_io(entry, Path(entry.file), inputs, [n for n in names if n not in inputs])
-        self._context = engine.create_execution_context()
-        self._stream = _cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._inputs = entry.input_names
-        self._outputs = entry.output_names
+        self.entry = entry
+        self.handle = handle
+        self.cuda_graph = cuda_graph
+        self.shapes = {t.name: t.concrete_shape(batch) for t in (*entry.inputs, *entry.outputs)}
+        self.dtypes: dict[str, np.dtype] = {}
+        for t in (*entry.inputs, *entry.outputs):
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(t.name)))
+            if dtype != np.dtype(t.dtype):
+                raise BundleError(f"{entry.file}: TensorRT sees {t.name} as {dtype}, the manifest says {t.dtype}; re-export the bundle")
+            self.dtypes[t.name] = dtype
+        self._run_binding = self.bind()  # also checks the output shapes now, not at the first step
+        self._lock = threading.Lock()
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.entry.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"{self.entry.component}: missing inputs {missing}")
+        with self._lock:  # one private binding; concurrent callers take turns (streams should bind())
+            for name in self.entry.input_names:
+                self._run_binding.write(name, feeds[name])
+            return self._run_binding.step(read=self.entry.output_names)
+
+    def bind(self) -> TensorRTBinding:
+        return TensorRTBinding(self)
+
+
+class TensorRTBinding:
+    """One stream's execution context, CUDA stream, buffers and captured graphs (DeviceBinding)."""
+
+    def __init__(self, session: TensorRTSession) -> None:
+        cudart = import_cudart()
+        self._cudart = cudart
+        self._session = session
+        entry = session.entry
+        self._component = entry.component
+        self._inputs, self._outputs = entry.input_names, entry.output_names
         self._buffers: dict[str, _Buffer] = {}
+        self._graphs: dict[tuple[int, ...], Any] = {}  # buffer arrangement -> cudaGraphExec_t
+        self._cuda_graph = session.cuda_graph
+        self._stream = None
+        self._context = session.handle.engine.create_execution_context()
         try:
-            for spec in (*entry.inputs, *entry.outputs):
-                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(spec.name)))
-                if dtype != np.dtype(spec.dtype):
-                    raise BundleError(
-                        f"{entry.file}: TensorRT sees {spec.name} as {dtype}, the manifest says {spec.dtype}; re-export the bundle"
-                    )
-                shape = spec.concrete_shape(batch)
-                if spec.name in self._inputs:
-                    self._context.set_input_shape(spec.name, shape)
-                self._buffers[spec.name] = _Buffer(cudart, shape, dtype)
-            for spec in entry.outputs:  # input shapes are set: TensorRT can report the output shapes
-                got = tuple(self._context.get_tensor_shape(spec.name))
-                if got != self._buffers[spec.name].shape:
-                    raise BundleError(f"{entry.file}: output {spec.name} has shape {got}, the manifest says {spec.shape}")
+            self._stream = _cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+            for name in (*self._inputs, *self._outputs):
+                self._buffers[name] = _Buffer(cudart, session.shapes[name], session.dtypes[name])
+            for name in self._inputs:
+                self._context.set_input_shape(name, session.shapes[name])
+            for name in self._outputs:  # input shapes are set: TensorRT can report the output shapes
+                got = tuple(self._context.get_tensor_shape(name))
+                if got != session.shapes[name]:
+                    raise BundleError(f"{entry.file}: output {name} has shape {got}, the manifest says {session.shapes[name]}")
         except BaseException:
             self.close()
             raise
         self._bind_addresses()
-        self._cuda_graph = cuda_graph
-        self._graphs: dict[tuple[int, ...], Any] = {}  # buffer arrangement -> cudaGraphExec_t
-        self._lock = threading.RLock()
 
-    # -- the Session protocol -------------------------------------------------------------------
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self._inputs if n not in feeds]
-        if missing:
-            raise ValueError(f"{self.entry.component}: missing inputs {missing}")
-        with self._lock:
-            for name in self._inputs:
-                self.write(name, feeds[name])
-            return self.step(read=self._outputs)
-
-    # -- DeviceSession --------------------------------------------------------------------------
     def write(self, name: str, value: np.ndarray) -> None:
+        cudart = self._cudart
         buf = self._buffer(name, self._inputs, "input")
-        with self._lock:
-            np.copyto(buf.host, check_feed(name, value, buf.shape, buf.dtype))
-            kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            _cuda(self._cudart, self._cudart.cudaMemcpyAsync(buf.device, buf.host.ctypes.data, buf.nbytes, kind, self._stream), "cudaMemcpyAsync H2D")
+        np.copyto(buf.host, check_feed(name, value, buf.shape, buf.dtype))
+        kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        _cuda(cudart, cudart.cudaMemcpyAsync(buf.device, buf.host.ctypes.data, buf.nbytes, kind, self._stream), "cudaMemcpyAsync H2D")
 
     def step(self, read: Sequence[str] = ()) -> dict[str, np.ndarray]:
         cudart = self._cudart
         bufs = [self._buffer(n, self._outputs, "output") for n in read]
-        with self._lock:
-            self._execute()
-            kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            for buf in bufs:
-                _cuda(cudart, cudart.cudaMemcpyAsync(buf.host.ctypes.data, buf.device, buf.nbytes, kind, self._stream), "cudaMemcpyAsync D2H")
-            _cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-            return {name: buf.host.copy() for name, buf in zip(read, bufs, strict=True)}
+        self._execute()
+        kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for buf in bufs:
+            _cuda(cudart, cudart.cudaMemcpyAsync(buf.host.ctypes.data, buf.device, buf.nbytes, kind, self._stream), "cudaMemcpyAsync D2H")
+        # One sync per step: it also makes the pinned staging buffers safe to overwrite by `write`.
+        _cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return {name: buf.host.copy() for name, buf in zip(read, bufs, strict=True)}
 
     def carry(self, output: str, input: str) -> None:
         out, inp = self._buffer(output, self._outputs, "output"), self._buffer(input, self._inputs, "input")
         if (out.shape, out.dtype) != (inp.shape, inp.dtype):
             raise ValueError(f"cannot carry {output} {out.shape} into {input} {inp.shape}")
-        with self._lock:
-            self._buffers[output], self._buffers[input] = inp, out
-            self._bind_addresses()
+        self._buffers[output], self._buffers[input] = inp, out
+        self._bind_addresses()
 
     def close(self) -> None:
         cudart = self._cudart
-        for graph in getattr(self, "_graphs", {}).values():
+        if self._stream is not None:
+            cudart.cudaStreamSynchronize(self._stream)
+        for graph in self._graphs.values():
             cudart.cudaGraphExecDestroy(graph)
         self._graphs = {}
-        for buf in getattr(self, "_buffers", {}).values():
+        for buf in self._buffers.values():
             buf.free(cudart)
         self._buffers = {}
-        if getattr(self, "_stream", None) is not None:
+        if self._stream is not None:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None
 
@@ -449,7 +464,7 @@ class TensorRTSession:
     # -- internals ------------------------------------------------------------------------------
     def _buffer(self, name: str, allowed: Sequence[str], what: str) -> _Buffer:
         if name not in allowed:
-            raise KeyError(f"{self.entry.component} has no {what} {name!r}; {what}s: {list(allowed)}")
+            raise KeyError(f"{self._component} has no {what} {name!r}; {what}s: {list(allowed)}")
         return self._buffers[name]
 
     def _bind_addresses(self) -> None:
@@ -458,7 +473,7 @@ class TensorRTSession:
 
     def _enqueue(self) -> None:
         if not self._context.execute_async_v3(self._stream):
-            raise RuntimeError(f"TensorRT failed to enqueue {self.entry.component} (see the TensorRT error above)")
+            raise RuntimeError(f"TensorRT failed to enqueue {self._component} (see the TensorRT error above)")
 
     def _execute(self) -> None:
         """One inference on the stream: replay the graph for this buffer arrangement, capturing it once."""
@@ -470,8 +485,8 @@ class TensorRTSession:
         if graph is not None:
             _cuda(self._cudart, self._cudart.cudaGraphLaunch(graph, self._stream), "cudaGraphLaunch")
             return
-        # First time with these addresses: a plain enqueue (TensorRT does its deferred setup and
-        # this call's results), then a capture of the same enqueue for every later call.
+        # First time with these addresses: a plain enqueue (TensorRT does its deferred setup, and
+        # it computes this call's results), then a capture of the same enqueue for later calls.
         self._enqueue()
         if (captured := self._capture()) is not None:
             self._graphs[arrangement] = captured
@@ -486,8 +501,8 @@ class TensorRTSession:
         finally:
             err, graph = cudart.cudaStreamEndCapture(self._stream)
         if not enqueued or err != cudart.cudaError_t.cudaSuccess:
-            # Not silent: the one line says why, and every later step runs uncaptured.
-            log.warning("%s: CUDA graph capture failed (%s); running without CUDA graphs", self.entry.component, err)
+            # Not silent: one warning says why, and this binding runs uncaptured from now on.
+            log.warning("%s: CUDA graph capture failed (%s); running without CUDA graphs", self._component, err)
             self._cuda_graph = False
             return None
         exec_graph = _cuda(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
