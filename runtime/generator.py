@@ -64,8 +64,18 @@ class ChunkEvent:
     elapsed: float  # since the stream started (chunk 0: the first-frame latency)
 
 
+@dataclass(frozen=True)
+class TextEvent:
+    """The text encoder's one call at the start of a stream (its latency, for benchmarks)."""
+
+    seconds: float
+
+
 class Hooks:
     """Subclass and override what you need; every method is a no-op by default."""
+
+    def on_text(self, event: TextEvent) -> None:
+        pass
 
     def on_step(self, event: StepEvent) -> None:
         pass
@@ -74,20 +84,25 @@ class Hooks:
         pass
 
 
-HookArg = Hooks | Callable[[StepEvent | ChunkEvent], Any] | Any | None
+HookArg = Hooks | Callable[[TextEvent | StepEvent | ChunkEvent], Any] | Any | None
 
 
 class _Adapter(Hooks):
-    """Any object with on_step and/or on_chunk, or one callable that receives every event."""
+    """Any object with on_text, on_step and/or on_chunk, or one callable that receives every event."""
 
     def __init__(self, hooks: HookArg) -> None:
-        if hasattr(hooks, "on_step") or hasattr(hooks, "on_chunk"):
+        if any(hasattr(hooks, name) for name in ("on_text", "on_step", "on_chunk")):
+            self._text = getattr(hooks, "on_text", None)
             self._step = getattr(hooks, "on_step", None)
             self._chunk = getattr(hooks, "on_chunk", None)
         elif callable(hooks):
-            self._step = self._chunk = hooks
+            self._text = self._step = self._chunk = hooks
         else:
-            raise TypeError(f"hooks must be a callable or have on_step/on_chunk, not {type(hooks).__name__}")
+            raise TypeError(f"hooks must be a callable or have on_text/on_step/on_chunk, not {type(hooks).__name__}")
+
+    def on_text(self, event: TextEvent) -> None:
+        if self._text is not None:
+            self._text(event)
 
     def on_step(self, event: StepEvent) -> None:
         if self._step is not None:
@@ -270,6 +285,7 @@ class Stream(Iterator[np.ndarray]):
         start = time.perf_counter()
         encoded = sessions["text_encoder"].run({"tokens": self._tokens})
         self._text, self._pooled = encoded["text"], encoded["text_pooled"]  # (1, L, D), (1, D)
+        self._hooks.on_text(TextEvent(time.perf_counter() - start))
         emitted, chunk, pending_commit = 0, 0, None
         while self.frames is None or emitted < self.frames:
             chunk_start = time.perf_counter()
