@@ -1,7 +1,62 @@
-"""`edgegen train` commands (being written; see DESIGN.md for the owner)."""
+"""`edgegen train vae|teacher|student`: train one stage of the model (torch; CPU or CUDA).
+
+Stages build on each other: the teacher needs `<out>/vae/last.safetensors` (or `--vae`), the
+student needs `<out>/teacher/last.safetensors` (or `--teacher`). `--minutes` bounds one
+invocation's wall clock; `--resume` continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
 
 import typer
+
+from edgegen.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class Stage(str, Enum):
+    vae = "vae"
+    teacher = "teacher"
+    student = "student"
+
+
+def train(
+    stage: Stage = typer.Argument(..., help="Which stage: vae, then teacher, then student."),
+    config: str = typer.Option("default", "--config", "-c", help="Config name in edgegen/configs (default, tiny, large) or a .json path."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/<config name>); the stage writes <out>/<stage>/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <out>/<stage>/last.safetensors."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Stop at this total step count (default: the config's horizon)."),
+    minutes: float = typer.Option(None, "--minutes", min=0.0, help="Stop after this many minutes of wall clock (checkpoint saved)."),
+    vae: Path = typer.Option(None, "--vae", help="Teacher stage: the VAE checkpoint (default <out>/vae/last.safetensors)."),
+    teacher: Path = typer.Option(None, "--teacher", help="Student stage: the teacher checkpoint (default <out>/teacher/last.safetensors)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs still written)."),
+) -> None:
+    """Train one stage; checkpoints go to <out>/<stage>/last.safetensors, losses to log.jsonl."""
+    import torch
+
+    from edgegen.model.config import load_config
+    from edgegen.model.train import Run, train_stage
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}; use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda but torch sees no CUDA GPU; use --device cpu")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, tcfg = load_config(config)
+    out = out or Path("runs") / Path(config).stem
+    run = Run(out=out, device=device, steps=steps, minutes=minutes, resume=resume,
+              progress=not no_progress, vae=vae, teacher=teacher)
+    path = train_stage(stage.value, cfg, tcfg, run)
+    log.info("wrote %s", path)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.command("train", no_args_is_help=True)(train)

@@ -1,0 +1,256 @@
+"""Training stages: `vae`, then `teacher` (text encoder + DiT, rectified flow), then `student`.
+
+Every stage runs the same loop (`fit`): AdamW with warmup + cosine decay over the config's step
+horizon, an EMA of the weights, a JSONL loss log, periodic atomic checkpoints to
+`<out>/<stage>/last.safetensors`, and a wall-clock budget (`--minutes`) so a stage can run for a
+fixed time and be resumed later with exactly the same result as an uninterrupted run (model, EMA,
+optimizer, step and both RNG states are restored).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgegen.errors import Interrupted, UserError
+from edgegen.model.checkpoint import load_checkpoint, save_checkpoint
+from edgegen.model.config import ModelConfig, StageConfig, TrainConfig
+from edgegen.model.data import heldout_clips, render_clips
+from edgegen.model.vae import VAE, psnr
+
+log = logging.getLogger(__name__)
+
+STAGES = ("vae", "teacher", "student")
+
+
+@dataclass
+class Run:
+    """Where and how long one stage runs (the CLI's flags)."""
+
+    out: Path  # runs/NAME; the stage writes to out/<stage>/
+    device: str = "cpu"
+    steps: int | None = None  # stop at this total step (default: the config's horizon)
+    minutes: float | None = None  # wall-clock budget of this invocation
+    resume: bool = False
+    progress: bool = True
+    vae: Path | None = None  # teacher: the VAE checkpoint (default out/vae/last.safetensors)
+    teacher: Path | None = None  # student: the teacher checkpoint (default out/teacher/last.safetensors)
+
+
+def lr_at(step: int, s: StageConfig) -> float:
+    """Linear warmup, then cosine decay to 10% over the config's horizon."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    p = min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup))
+    return s.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm, 1.0 - decay)
+
+
+StepFn = Callable[[np.random.Generator, int], tuple[torch.Tensor, dict[str, float], int]]
+
+
+def fit(
+    stage: str,
+    cfg: ModelConfig,
+    tcfg: TrainConfig,
+    run: Run,
+    trainable: dict[str, nn.Module],
+    loss_fn: StepFn,
+    frozen: dict[str, nn.Module] | None = None,
+    before_save: Callable[[dict[str, nn.Module], int], tuple[ModelConfig, dict[str, Any]]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """The shared training loop. `loss_fn(rng, step) -> (loss, logs, clips)`; `before_save(ema, step)`
+    may update the config (e.g. latent statistics) and return metrics for the log."""
+    from tqdm import tqdm
+
+    s: StageConfig = getattr(tcfg, stage)
+    frozen = frozen or {}
+    stage_dir = run.out / stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    last = stage_dir / "last.safetensors"
+    params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
+    decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=s.lr, betas=(0.9, 0.99),
+    )
+    ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in trainable.items()}
+    rng = np.random.default_rng([tcfg.seed, STAGES.index(stage)])
+    torch.manual_seed(tcfg.seed * 3 + STAGES.index(stage))
+    step = 0
+    if run.resume:
+        if not last.exists():
+            raise UserError(f"nothing to resume: {last} does not exist; run without --resume first")
+        ck = load_checkpoint(last)
+        if ck.kind != stage or ck.optimizer is None:
+            raise UserError(f"{last} is a {ck.kind} checkpoint without optimizer state; cannot resume {stage}")
+        for k, m in {**trainable, **frozen}.items():
+            m.load_state_dict(ck.model[k])
+        for k, m in ema.items():
+            m.load_state_dict(ck.ema[k])
+        opt.load_state_dict(ck.optimizer)
+        if ck.rng_torch is not None:
+            torch.set_rng_state(ck.rng_torch)
+        if ck.rng_numpy is not None:
+            rng.bit_generator.state = ck.rng_numpy
+        step = ck.step
+        cfg = ck.config
+        log.info("resumed %s at step %d from %s", stage, step, last)
+    target = run.steps if run.steps is not None else s.steps
+    state = {"cfg": cfg}
+
+    def save() -> None:
+        cfg_now, metrics = state["cfg"], {}
+        if before_save is not None:
+            for m in ema.values():
+                m.eval()
+            cfg_now, metrics = before_save(ema, step)
+            state["cfg"] = cfg_now
+        save_checkpoint(
+            last, {**trainable, **frozen}, cfg_now, step, optimizer=opt, ema={**ema, **frozen}, kind=stage,
+            train=tcfg.to_dict(), rng_numpy=rng, extra=extra,
+        )
+        if metrics:
+            _log_line(stage_dir, {"step": step, **metrics})
+            log.info("%s step %d: %s", stage, step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=target, initial=step, desc=stage, disable=not run.progress, dynamic_ncols=True)
+    window_clips, window_t = 0, time.perf_counter()
+    try:
+        for m in trainable.values():
+            m.train()
+        while step < target:
+            if run.minutes is not None and time.perf_counter() - t0 > run.minutes * 60:
+                log.info("time budget of %s min reached at step %d", run.minutes, step)
+                break
+            lr = lr_at(step, s)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, logs, clips = loss_fn(rng, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip) if s.grad_clip > 0 else torch.tensor(0.0)
+            opt.step()
+            for k, m in trainable.items():
+                ema_update(ema[k], m, s.ema if step >= s.warmup else 0.0)
+            step += 1
+            window_clips += clips
+            bar.update(1)
+            if step % s.log_every == 0 or step == target:
+                now = time.perf_counter()
+                speed = window_clips / max(1e-9, now - window_t)
+                window_clips, window_t = 0, now
+                bar.set_postfix(loss=f"{loss.item():.4f}", clips_s=f"{speed:.1f}")
+                _log_line(stage_dir, {"step": step, "loss": loss.item(), **logs, "grad_norm": float(gnorm),
+                                      "lr": lr, "clips_per_s": speed, "elapsed_s": now - t0})
+            if step % s.ckpt_every == 0 and step < target:
+                save()
+    except (KeyboardInterrupt, Interrupted):
+        log.warning("interrupted at step %d; saving %s", step, last)
+        save()
+        raise
+    finally:
+        bar.close()
+    save()
+    return last
+
+
+def _log_line(stage_dir: Path, record: dict[str, Any]) -> None:
+    with open(stage_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _to(x: np.ndarray, device: str) -> torch.Tensor:
+    return torch.from_numpy(x).to(device)
+
+
+# ---------------------------------------------------------------------------------------- VAE
+
+
+def vae_loss(vae: VAE, clips: torch.Tensor, tcfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + L2 + edge (finite-difference) reconstruction, with a fixed relative latent noise."""
+    z = vae.encode_clip(clips)  # (B, T, C, h, w)
+    std = z.detach().transpose(0, 2).flatten(1).std(1).view(1, 1, -1, 1, 1)  # per channel
+    y = vae.decode_clip(z + tcfg.vae_latent_noise * std * torch.randn_like(z))  # (B, T*F, H, W, 3)
+    err = y - clips
+    l1, l2 = err.abs().mean(), err.pow(2).mean()
+    edge = (err.diff(dim=2).abs().mean() + err.diff(dim=3).abs().mean()) * 0.5
+    lat = z.pow(2).mean()
+    loss = l1 + tcfg.vae_l2 * l2 + tcfg.vae_edge * edge + tcfg.vae_latent_l2 * lat
+    return loss, {"l1": l1.item(), "psnr": float(-10 * math.log10(max(l2.item(), 1e-10))), "latent_rms": lat.sqrt().item()}
+
+
+@torch.no_grad()
+def latent_stats(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of raw latents over a fixed set of training clips."""
+    n = 2 * tcfg.eval_clips
+    clips, _ = render_clips(np.random.default_rng([tcfg.seed, 99]), n, cfg, tcfg.clip_chunks * cfg.chunk_frames)
+    device = next(vae.parameters()).device
+    zs = [vae.encode_clip(_to(clips[i : i + 16], device).float() / 255.0) for i in range(0, n, 16)]
+    z = torch.cat(zs).transpose(0, 2).flatten(1)  # (C, ...)
+    return z.mean(1).tolist(), z.std(1).clamp_min(1e-4).tolist()
+
+
+@torch.no_grad()
+def eval_vae(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig) -> float:
+    """Mean PSNR (dB) of clamped reconstructions of fixed held-out clips, chunk-causal as at inference."""
+    n = tcfg.eval_clips
+    clips = heldout_clips(cfg, tcfg.clip_chunks * cfg.chunk_frames, n)
+    device = next(vae.parameters()).device
+    out = []
+    for i in range(0, n, 16):
+        x = _to(clips[i : i + 16], device).float() / 255.0
+        out.append(psnr(vae.decode_clip(vae.encode_clip(x)).flatten(0, 1), x.flatten(0, 1)))
+    return float(torch.stack(out).mean())
+
+
+def train_vae(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
+    torch.manual_seed(tcfg.seed)
+    vae = VAE(cfg).to(run.device)
+    frames = tcfg.clip_chunks * cfg.chunk_frames
+    batch = tcfg.vae.batch // tcfg.clip_chunks  # the batch counts chunks; a clip has clip_chunks
+
+    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        clips, _ = render_clips(rng, batch, cfg, frames)
+        x = _to(clips, run.device).float() / 255.0  # (B, T*F, H, W, 3)
+        loss, logs = vae_loss(vae, x, tcfg)
+        return loss, logs, batch
+
+    def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
+        mean, std = latent_stats(ema["vae"], cfg, tcfg)
+        return replace(cfg, latent_mean=tuple(mean), latent_std=tuple(std)), {"heldout_psnr": eval_vae(ema["vae"], cfg, tcfg)}
+
+    return fit("vae", cfg, tcfg, run, {"vae": vae}, loss_fn, before_save=before_save)
+
+
+def train_stage(stage: str, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
+    """Dispatch one stage by name (the CLI's entry)."""
+    if stage == "vae":
+        return train_vae(cfg, tcfg, run)
+    if stage == "teacher":
+        from edgegen.model.train_dit import train_teacher
+
+        return train_teacher(cfg, tcfg, run)
+    if stage == "student":
+        from edgegen.model.distill import train_student
+
+        return train_student(cfg, tcfg, run)
+    raise UserError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
