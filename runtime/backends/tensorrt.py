@@ -182,7 +182,7 @@ class TensorRTBackend:
             self.cache.write_timing_cache(spec.env, timing_cache)
             path = self.cache.store(spec, plan, build_seconds=seconds)
             log.info("built %s in %.0f s: %s (%.1f MiB)", spec.label, seconds, path, len(plan) / (1 << 20))
-            return EngineResult(spec, path, plan, built=True, reason=reason)
+            return EngineResult(spec, path, plan, built=True, reason=reason, seconds=seconds)
 
     def open(self, bundle: Bundle, component: str, precision: str) -> TensorRTSession:
         self.require()
@@ -199,6 +199,7 @@ class EngineResult:
     plan: bytes
     built: bool
     reason: str  # why it was built, or "cached"
+    seconds: float | None = None  # build time, when built
 
 
 def _check_precision_fits_gpu(spec: EngineSpec) -> None:
@@ -249,13 +250,16 @@ def _progress_monitor(trt: Any, callback: ProgressCallback) -> Any:
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.totals: dict[str, int] = {}
+            self.cancelled = False
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             self.totals[phase_name] = num_steps
             callback(phase_name, 0, num_steps)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            return callback(phase_name, step + 1, self.totals.get(phase_name, 0)) is not False
+            keep_going = callback(phase_name, step + 1, self.totals.get(phase_name, 0)) is not False
+            self.cancelled = self.cancelled or not keep_going
+            return keep_going
 
         def phase_finish(self, phase_name: str) -> None:
             total = self.totals.pop(phase_name, 0)
@@ -302,10 +306,13 @@ def build_plan(
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         log.info("the timing cache does not fit this GPU/TensorRT; starting a fresh one")
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    monitor = None
     if progress is not None and hasattr(trt, "IProgressMonitor"):
-        config.progress_monitor = _progress_monitor(trt, progress)
+        monitor = config.progress_monitor = _progress_monitor(trt, progress)
 
     plan = builder.build_serialized_network(network, config)
+    if plan is None and monitor is not None and monitor.cancelled:
+        raise KeyboardInterrupt
     if plan is None:
         raise UserError(
             f"TensorRT could not build {spec.label} within a {spec.settings.workspace_bytes >> 20} MiB "
