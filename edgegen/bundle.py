@@ -204,21 +204,36 @@ def load_bundle(path: str | os.PathLike[str], *, verify_files: bool = True) -> B
         raise BundleError(f"{manifest_path} is not valid JSON ({exc}); re-export the bundle") from None
     problems = validate_manifest(data)
     if problems:
-        raise BundleError(f"{manifest_path}: {problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+        raise BundleError(_problems_line(manifest_path, problems))
     if verify_files:
         verify_bundle_files(root, data["files"])
+    return bundle_from_manifest(root, data, digest=hashlib.sha256(raw).hexdigest())
+
+
+def bundle_from_manifest(root: str | os.PathLike[str], data: Mapping[str, Any], *, digest: str = "") -> Bundle:
+    """A `Bundle` for a manifest held in memory (validated; files not checked).
+
+    The exporter uses this to run its parity checks before the manifest is written.
+    """
+    root = Path(root)
+    data = thaw(data)
+    problems = validate_manifest(data)
+    if problems:
+        raise BundleError(_problems_line(root / MANIFEST, problems))
     components = {
         precision: MappingProxyType({
             name: _entry(name, precision, spec) for name, spec in record["components"].items()
         })
         for precision, record in data["precisions"].items()
     }
-    return Bundle(
-        path=root.resolve(),
-        manifest=_freeze(data),
-        components=MappingProxyType(components),
-        digest=hashlib.sha256(raw).hexdigest(),
-    )
+    if not digest:
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return Bundle(path=root.resolve(), manifest=_freeze(data), components=MappingProxyType(components), digest=digest)
+
+
+def _problems_line(path: Path, problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"{path}: {problems[0]}{more}"
 
 
 def verify_bundle_files(root: Path, files: Mapping[str, Mapping[str, Any]]) -> None:
