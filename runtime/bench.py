@@ -1,0 +1,737 @@
+"""Benchmarks: per-component latency measured inside the real streaming loop, side by side.
+
+Every backend × precision combination runs in its own fresh Python process (so its peak RSS and
+GPU memory are its own, and one library's thread pools or allocators cannot slow the next), and
+is timed through the runtime's hooks (`edgegen.runtime.generator.Hooks`): the figures are the
+stream a user gets, not a separate toy loop.
+
+What one combination's worker measures:
+- load: bundle read + checksum verify, then each component's `Backend.open` (engine build or
+  cache load for TensorRT, checkpoint load for torch), timed separately;
+- `warmup` whole streams, discarded (first-call allocations, lazy kernel selection, CUDA graphs);
+- `repeat` whole streams of `frames` frames, with per-call latencies from the hooks: the text
+  encoder, every denoising step (per step index and pooled), the commit pass, the VAE decode per
+  chunk; the first-frame latency (stream start → first chunk decoded); the whole generation's
+  wall time, and from it frames per second and the real-time factor (fps / the bundle's fps).
+
+Clocks: `time.perf_counter` around `Session.run`. Every session returns host numpy arrays, so a
+GPU session has already synchronized its stream (the TensorRT and ORT CUDA sessions copy the
+outputs back and wait) before the clock is read: the figures are the latency the streaming loop
+sees, host overhead included.
+
+Baseline: the torch eager model at fp32 (`torch` backend) runs in the same benchmark, and every
+combination reports its speed-up over it (baseline p50 / own p50, and the same for p95), so
+numbers from a noisy, shared machine stay comparable within one run.
+
+Torch-free: the torch backend is loaded by name in its worker process; this module never imports
+it. The JSON report's schema is `REPORT_SCHEMA` (documented in BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.bundle import PRECISIONS, Bundle, load_bundle
+from edgegen.errors import UserError
+from edgegen.runtime import backends
+from edgegen.runtime.generator import (
+    STREAM_COMPONENTS,
+    ChunkEvent,
+    Generator,
+    Hooks,
+    StepEvent,
+    TextEvent,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edgegen.bench"
+SCHEMA_VERSION = 1
+BASELINE = ("torch", "fp32")  # the reference every combination is compared with
+DEFAULT_PROMPT = "a red circle moving right"
+PERCENTILES = (50, 90, 95, 99)
+# Per-call latencies (ms) in each result, in table order.
+COMPONENTS = ("text_encoder", "denoise_step", "commit", "vae_decode", "first_frame", "generate")
+CHART_COMPONENTS = ("denoise_step", "commit", "vae_decode")
+LIBRARIES = ("edgegen", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "onnx", "pillow")
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def summarize(seconds: Sequence[float]) -> dict[str, Any] | None:
+    """Latency statistics in milliseconds (n, mean, p50/p90/p95/p99, min, max); None if no samples."""
+    if not seconds:
+        return None
+    ms = np.asarray(seconds, np.float64) * 1e3
+    stats: dict[str, Any] = {"n": int(ms.size), "mean_ms": float(ms.mean())}
+    for q, value in zip(PERCENTILES, np.percentile(ms, PERCENTILES), strict=True):
+        stats[f"p{q}_ms"] = float(value)
+    stats["min_ms"], stats["max_ms"] = float(ms.min()), float(ms.max())
+    return stats
+
+
+class Recorder(Hooks):
+    """Collects every per-call latency the stream reports, across all the streams it is given to."""
+
+    def __init__(self, steps: int) -> None:
+        self.text: list[float] = []
+        self.steps: list[list[float]] = [[] for _ in range(steps)]  # per step index
+        self.commit: list[float] = []
+        self.decode: list[float] = []
+        self.first_frame: list[float] = []
+        self.later_chunks: list[float] = []  # chunks ≥ 1: the steady streaming rate
+
+    def on_text(self, event: TextEvent) -> None:
+        self.text.append(event.seconds)
+
+    def on_step(self, event: StepEvent) -> None:
+        if event.step == event.steps:  # the commit pass
+            self.commit.append(event.seconds)
+        else:
+            self.steps[event.step].append(event.seconds)
+
+    def on_chunk(self, event: ChunkEvent) -> None:
+        self.decode.append(event.decode_seconds)
+        if event.chunk == 0:
+            self.first_frame.append(event.elapsed)
+        else:
+            self.later_chunks.append(event.seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: host RSS (this process) and GPU memory (the device, sampled)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (Linux /proc; elsewhere the peak so far, the best the OS offers)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class _Nvml:
+    """The few NVML calls we need, through ctypes: no Python GPU package required."""
+
+    class _Memory(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    def __init__(self, index: int = 0) -> None:
+        names = ["nvml.dll"] if sys.platform == "win32" else ["libnvidia-ml.so.1", "libnvidia-ml.so"]
+        self.lib = None
+        for name in names:
+            with contextlib.suppress(OSError):
+                self.lib = ctypes.CDLL(name)
+                break
+        self.handle = ctypes.c_void_p()
+        if self.lib is None or self.lib.nvmlInit_v2() != 0 or self.lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(self.handle)) != 0:
+            self.lib = None
+
+    @property
+    def ok(self) -> bool:
+        return self.lib is not None
+
+    def used_bytes(self) -> int:
+        memory = self._Memory()
+        assert self.lib is not None
+        self.lib.nvmlDeviceGetMemoryInfo(self.handle, ctypes.byref(memory))
+        return int(memory.used)
+
+    def driver_version(self) -> str | None:
+        if self.lib is None:
+            return None
+        text = ctypes.create_string_buffer(96)
+        return text.value.decode() if self.lib.nvmlSystemGetDriverVersion(text, len(text)) == 0 else None
+
+
+class GpuMemoryPeak:
+    """Peak increase of the GPU's used memory while this object runs (sampled every 10 ms).
+
+    NVML reports the whole device, so the increase over the level at start is this process's
+    footprint only on a GPU nobody else is using at the same time; the report says so.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self._nvml = _Nvml()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start_bytes = self._nvml.used_bytes() if self._nvml.ok else 0
+        self.peak_bytes = self.start_bytes
+
+    def __enter__(self) -> GpuMemoryPeak:
+        if self._nvml.ok:
+            self._thread = threading.Thread(target=self._sample, name="gpu-memory", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._nvml.used_bytes())
+            self._stop.wait(self._interval)
+
+    def result(self) -> dict[str, int] | None:
+        if not self._nvml.ok:
+            return None
+        return {"device_used_start_bytes": self.start_bytes, "peak_increase_bytes": self.peak_bytes - self.start_bytes}
+
+
+# ---------------------------------------------------------------------------------------------
+# One combination (runs inside its own worker process)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs to benchmark one backend × precision (JSON-serializable)."""
+
+    bundle: str
+    backend: str
+    precision: str
+    steps: int
+    frames: int
+    repeat: int
+    warmup: int
+    prompt: str = DEFAULT_PROMPT
+    seed: int = 0
+    progress: bool = True
+
+
+def load_timed(spec: RunSpec) -> tuple[Generator, dict[str, Any]]:
+    """A Generator built step by step (as `Generator.load` does) so each part of loading is timed."""
+    from edgegen.runtime.generator import choose_precision
+
+    start = time.perf_counter()
+    bundle = load_bundle(spec.bundle)
+    bundle_s = time.perf_counter() - start
+    impl = backends.resolve(spec.backend)
+    precision, _ = choose_precision(bundle, impl, spec.precision)
+    sessions, open_s = {}, {}
+    for name in STREAM_COMPONENTS:
+        opened = time.perf_counter()
+        sessions[name] = impl.open(bundle, name, precision)
+        open_s[name] = time.perf_counter() - opened
+    gen = Generator(bundle=bundle, backend=impl.name, precision=precision, tokenizer=bundle.tokenizer(), sessions=sessions)
+    load = {"bundle_s": bundle_s, "sessions_s": open_s, "total_s": time.perf_counter() - start}
+    threads = getattr(impl, "threads", None)
+    return gen, {"load": load, "threads": threads if isinstance(threads, int) else None}
+
+
+def run_streams(gen: Generator, spec: RunSpec) -> tuple[Recorder, list[float]]:
+    """Warm-up streams (discarded), then `repeat` timed streams; (hook recorder, whole-clip seconds)."""
+    from tqdm import tqdm
+
+    recorder, clips = Recorder(spec.steps), []
+    label = f"{spec.backend} {spec.precision}"
+    with tqdm(total=spec.warmup + spec.repeat, desc=label, unit="clip", disable=not spec.progress, file=sys.stderr, leave=False) as bar:
+        for i in range(spec.warmup + spec.repeat):
+            hooks = recorder if i >= spec.warmup else None
+            start = time.perf_counter()
+            for _ in gen.stream(spec.prompt, seed=spec.seed + i, frames=spec.frames, steps=spec.steps, hooks=hooks):
+                pass
+            if i >= spec.warmup:
+                clips.append(time.perf_counter() - start)
+            bar.update()
+    return recorder, clips
+
+
+def measure(spec: RunSpec) -> dict[str, Any]:
+    """Benchmark one combination in this process: load, warm up, time; a result dict (status ok)."""
+    rss_start = current_rss_bytes()
+    with GpuMemoryPeak() as gpu:
+        gen, loaded = load_timed(spec)
+        recorder, clips = run_streams(gen, spec)
+    bundle = gen.bundle
+    latency = {
+        "text_encoder": summarize(recorder.text),
+        "denoise_step": summarize([s for per_step in recorder.steps for s in per_step]),
+        "commit": summarize(recorder.commit),
+        "vae_decode": summarize(recorder.decode),
+        "first_frame": summarize(recorder.first_frame),
+        "generate": summarize(clips),
+    }
+    fps = spec.frames / float(np.median(clips))
+    steady = summarize(recorder.later_chunks)
+    steady_fps = bundle.chunk_frames / (steady["p50_ms"] / 1e3) if steady else None
+    return {
+        "backend": spec.backend,
+        "precision": gen.precision,
+        "status": "ok",
+        "reason": None,
+        **loaded,
+        "latency": latency,
+        "denoise_steps": [summarize(per_step) for per_step in recorder.steps],
+        "throughput": {"fps": fps, "steady_fps": steady_fps, "realtime_factor": fps / bundle.fps},
+        "memory": {"rss_start_bytes": rss_start, "peak_rss_bytes": peak_rss_bytes(), "gpu": gpu.result()},
+    }
+
+
+def worker_main(spec_path: str, result_path: str) -> int:
+    """Entry point of a worker process: measure one combination, write its result as JSON."""
+    spec = RunSpec(**json.loads(Path(spec_path).read_text()))
+    try:
+        result = measure(spec)
+    except UserError as exc:  # unavailable, bad bundle, torch weights missing...: reported, not fatal
+        result = {"backend": spec.backend, "precision": spec.precision, "status": "failed", "reason": str(exc)}
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
+def run_isolated(spec: RunSpec, log_level: int = logging.INFO) -> dict[str, Any]:
+    """Run `measure(spec)` in a fresh Python process and return its result dict."""
+    with tempfile.TemporaryDirectory(prefix="edgegen-bench-") as tmp:
+        spec_path, result_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
+        spec_path.write_text(json.dumps(asdict(spec)))
+        code = (
+            "import logging, sys; "
+            f"logging.basicConfig(level={int(log_level)}, format='%(message)s', stream=sys.stderr); "
+            "from edgegen.runtime.bench import worker_main; "
+            "sys.exit(worker_main(sys.argv[1], sys.argv[2]))"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code, str(spec_path), str(result_path)], stdin=subprocess.DEVNULL)
+        try:
+            returncode = proc.wait()
+        finally:  # Ctrl-C or SIGTERM in the parent: do not leave the worker running
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+        if returncode != 0 or not result_path.is_file():
+            reason = f"the worker process exited with code {returncode} (see its messages above)"
+            return {"backend": spec.backend, "precision": spec.precision, "status": "failed", "reason": reason}
+        return json.loads(result_path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: which combinations run, which are skipped and why
+
+
+@dataclass(frozen=True)
+class Combination:
+    backend: str
+    precision: str
+    skip: str | None = None  # why it cannot run here; None = it runs
+
+
+def plan(bundle: Bundle, backend_names: Sequence[str] | None, precisions: Sequence[str] | None) -> list[Combination]:
+    """Every requested backend × precision (default: all registered × all the bundle carries).
+
+    The baseline (torch fp32) always comes first. Combinations that cannot run are kept with the
+    reason: the backend's own `available()` message, or the precision the bundle or backend lacks.
+    """
+    names = list(backend_names) if backend_names else list(backends.names())
+    wanted = list(precisions) if precisions else list(bundle.precisions)
+    for name in names:
+        if name not in backends.names():
+            raise UserError(f"unknown backend {name!r}; valid --backend: {', '.join(backends.names())}")
+    for precision in wanted:
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}; valid --precision: {', '.join(PRECISIONS)}")
+    pairs = [BASELINE] + [(n, p) for n in names for p in wanted if (n, p) != BASELINE]
+    statuses = {name: backends.status(name) for name in dict.fromkeys(n for n, _ in pairs)}
+    return [Combination(n, p, _skip_reason(bundle, n, p, statuses[n])) for n, p in pairs]
+
+
+def _skip_reason(bundle: Bundle, name: str, precision: str, status: tuple[bool, str]) -> str | None:
+    ok, reason = status
+    if not ok:
+        return reason
+    if precision not in bundle.precisions:
+        return f"the bundle has no {precision} precision (it has {', '.join(bundle.precisions)})"
+    runs = backends.create(name).precisions
+    if precision not in runs:
+        return f"{name} does not run {precision} (it runs {', '.join(runs)})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole benchmark
+
+
+@dataclass
+class Settings:
+    """What `edgegen bench` was asked for."""
+
+    bundle: str
+    backends: Sequence[str] | None = None
+    precisions: Sequence[str] | None = None
+    steps: int | None = None
+    frames: int = 64
+    repeat: int = 5
+    warmup: int = 1
+    prompt: str = DEFAULT_PROMPT
+    seed: int = 0
+    progress: bool = True
+    command: str = ""
+
+
+def run_benchmark(settings: Settings) -> dict[str, Any]:
+    """Plan, run each combination in a fresh process, add speed-ups against the baseline: the report."""
+    _check_counts(settings)
+    bundle = load_bundle(settings.bundle)
+    steps = settings.steps if settings.steps is not None else bundle.default_steps
+    if steps not in bundle.steps_available:
+        raise UserError(f"--steps {steps} is not supported by this bundle; valid: {', '.join(map(str, bundle.steps_available))}")
+    machine = describe_machine()  # before the runs: the load average says how busy the machine was
+    results = []
+    combos = plan(bundle, settings.backends, settings.precisions)
+    for i, combo in enumerate(combos, 1):
+        if combo.skip is not None:
+            log.info("[%d/%d] %s %s: skipped (%s)", i, len(combos), combo.backend, combo.precision, combo.skip)
+            results.append({"backend": combo.backend, "precision": combo.precision, "status": "skipped", "reason": combo.skip})
+            continue
+        log.info("[%d/%d] %s %s: running in a fresh process", i, len(combos), combo.backend, combo.precision)
+        spec = RunSpec(str(bundle.path), combo.backend, combo.precision, steps, settings.frames, settings.repeat,
+                       settings.warmup, settings.prompt, settings.seed, settings.progress)
+        result = run_isolated(spec, logging.getLogger().getEffectiveLevel())
+        if result["status"] == "failed":
+            log.warning("%s %s failed: %s", combo.backend, combo.precision, result["reason"])
+        results.append(result)
+    add_speedups(results)
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": settings.command,
+        "machine": machine,
+        "bundle": describe_bundle(bundle),
+        "settings": {"steps": steps, "frames": settings.frames, "repeat": settings.repeat, "warmup": settings.warmup,
+                     "prompt": settings.prompt, "seed": settings.seed},
+        "baseline": {"backend": BASELINE[0], "precision": BASELINE[1]},
+        "results": results,
+    }
+
+
+def _check_counts(settings: Settings) -> None:
+    for flag, value, low in (("--frames", settings.frames, 1), ("--repeat", settings.repeat, 1), ("--warmup", settings.warmup, 0)):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}, not {value}")
+
+
+def add_speedups(results: list[dict[str, Any]]) -> None:
+    """Give every ok result `speedup` = baseline / own latency (p50 and p95) per component.
+
+    > 1 means faster than the torch fp32 eager baseline; all None when the baseline did not run.
+    """
+    base = next((r for r in results if (r["backend"], r["precision"]) == BASELINE and r["status"] == "ok"), None)
+    for result in results:
+        if result["status"] != "ok":
+            continue
+        result["speedup"] = {name: _ratio(base, result, name) for name in COMPONENTS}
+
+
+def _ratio(base: Mapping[str, Any] | None, result: Mapping[str, Any], name: str) -> dict[str, float] | None:
+    if base is None or base["latency"][name] is None or result["latency"][name] is None:
+        return None
+    ref, own = base["latency"][name], result["latency"][name]
+    return {q: ref[f"{q}_ms"] / own[f"{q}_ms"] for q in ("p50", "p95")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing the machine and the bundle
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU, memory, GPU, OS and library versions: what a reader needs to compare figures."""
+    from edgegen.runtime.backends.device import probe_gpu
+    from edgegen.runtime.backends.ort_cpu import physical_cores
+
+    gpu, why = probe_gpu()
+    return {
+        "cpu": {
+            "model": _cpu_model(),
+            "logical_cores": os.cpu_count(),
+            "physical_cores": physical_cores(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "memory_bytes": _meminfo_total(),
+        "gpu": None if gpu is None else {
+            "name": gpu.name,
+            "compute_capability": gpu.sm,
+            "memory_bytes": gpu.total_memory,
+            "cuda_driver_api": f"{gpu.driver_version // 1000}.{gpu.driver_version % 1000 // 10}",
+            "driver": _Nvml().driver_version(),
+        },
+        "gpu_absent_reason": why or None,
+        "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")},
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def _meminfo_total() -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe_bundle(bundle: Bundle) -> dict[str, Any]:
+    return {
+        "path": str(bundle.path),
+        "model": bundle.model_name,
+        "digest": bundle.digest,
+        "video": dict(bundle.video),
+        "precisions": list(bundle.precisions),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: the terminal table, the chart, the files
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as text: one block per combination, then the skipped and failed ones with reasons."""
+    s, b, m = report["settings"], report["bundle"], report["machine"]
+    lines = [
+        f"edgegen bench: bundle {b['model']} ({b['video']['width']}x{b['video']['height']} @ {b['video']['fps']} fps), "
+        f"{s['steps']} steps, {s['frames']} frames, {s['repeat']} timed + {s['warmup']} warm-up clips per combination",
+        "machine: " + _machine_line(m),
+        "",
+        f"{'backend':<10} {'prec':<5} {'per call':<13} {'n':>5} {'p50 ms':>9} {'p90':>9} {'p95':>9} {'p99':>9} {'mean':>9}  {'speed-up p50 (p95) vs torch fp32'}",
+    ]
+    for r in report["results"]:
+        if r["status"] == "ok":
+            lines += _result_rows(r, s["frames"])
+    lines += _not_run_lines(report["results"])
+    return "\n".join(lines) + "\n"
+
+
+def _not_run_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Skipped and failed combinations, one line per (status, backend, reason) with its precisions."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in results:
+        if r["status"] != "ok":
+            groups.setdefault((r["status"], r["backend"], r["reason"]), []).append(r["precision"])
+    return [f"{status}: {backend} {', '.join(precs)}: {reason}" for (status, backend, reason), precs in groups.items()]
+
+
+def _machine_line(m: Mapping[str, Any]) -> str:
+    cpu = m["cpu"]
+    gpu = f"{m['gpu']['name']} (driver {m['gpu']['driver']})" if m["gpu"] else "no GPU"
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
+    load = f", load {cpu['load_average'][0]:.1f}" if cpu["load_average"] else ""
+    return f"{cpu['model']}, {cpu['physical_cores']} cores{load}; {gpu}; {libs}"
+
+
+def _result_rows(r: Mapping[str, Any], frames: int) -> list[str]:
+    rows = []
+    for i, name in enumerate(COMPONENTS):
+        stats = r["latency"][name]
+        head = f"{r['backend']:<10} {r['precision']:<5}" if i == 0 else " " * 16
+        label = f"generate {frames}f" if name == "generate" else name
+        if stats is None:
+            rows.append(f"{head} {label:<13} {0:>5}  (none: too few chunks)")
+            continue
+        ratio = r.get("speedup", {}).get(name)
+        ratio_text = f"{ratio['p50']:.2f}x ({ratio['p95']:.2f}x)" if ratio else "-"
+        values = "".join(f" {stats[k]:>9.3f}" for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms"))
+        rows.append(f"{head} {label:<13} {stats['n']:>5}{values}  {ratio_text}")
+    t, mem, load = r["throughput"], r["memory"], r["load"]
+    gpu = f", GPU +{mem['gpu']['peak_increase_bytes'] / 2**20:.0f} MiB" if mem["gpu"] else ""
+    steady = f" (steady {t['steady_fps']:.1f})" if t["steady_fps"] else ""
+    rows.append(
+        f"{'':16} {t['fps']:.1f} fps{steady}, real-time factor {t['realtime_factor']:.2f}x; load {load['total_s']:.2f} s; "
+        f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (+{(mem['peak_rss_bytes'] - mem['rss_start_bytes']) / 2**20:.0f}){gpu}"
+    )
+    return rows
+
+
+_COLOURS = {"denoise_step": (52, 101, 164), "commit": (78, 154, 6), "vae_decode": (204, 120, 0)}
+
+
+def draw_chart(report: Mapping[str, Any]) -> bytes:
+    """PNG bytes: per backend × precision, p50 latency bars with p90 whiskers for the denoising
+    step, the commit pass and the VAE decode (one panel each, own scale)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    font = ImageFont.load_default()
+    label_w, bar_w, row_h, pad = 150, 420, 22, 10
+    panel_h = 28 + row_h * max(1, len(ok))
+    width, height = label_w + bar_w + 140, 40 + panel_h * len(CHART_COMPONENTS)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    s = report["settings"]
+    draw.text((pad, pad), f"edgegen bench: {report['bundle']['model']}, {s['steps']} steps - p50 bars, p90 whiskers (ms)", fill="black", font=font)
+    top = 40
+    for name in CHART_COMPONENTS:
+        _panel(draw, font, ok, name, top, label_w, bar_w, row_h)
+        top += panel_h
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _panel(draw: Any, font: Any, ok: Sequence[Mapping[str, Any]], name: str, top: int, label_w: int, bar_w: int, row_h: int) -> None:
+    draw.text((10, top), f"{name} (per call)", fill="black", font=font)
+    stats = [r["latency"][name] for r in ok]
+    scale = max((st["p90_ms"] for st in stats if st), default=1.0) or 1.0
+    x0 = label_w
+    for i, (r, st) in enumerate(zip(ok, stats, strict=True)):
+        y = top + 18 + i * row_h
+        draw.text((10, y + 4), f"{r['backend']} {r['precision']}", fill="black", font=font)
+        if st is None:
+            draw.text((x0, y + 4), "no samples", fill="gray", font=font)
+            continue
+        p50 = x0 + bar_w * st["p50_ms"] / scale
+        p90 = x0 + bar_w * st["p90_ms"] / scale
+        draw.rectangle([x0, y + 3, max(p50, x0 + 1), y + row_h - 5], fill=_COLOURS[name])
+        mid = y + row_h // 2 - 1
+        draw.line([p50, mid, p90, mid], fill="black", width=1)
+        draw.line([p90, y + 5, p90, y + row_h - 7], fill="black", width=1)
+        speed = (r.get("speedup") or {}).get(name)
+        note = f"{st['p50_ms']:.3g} ms" + (f"  {speed['p50']:.2f}x vs torch" if speed else "")
+        draw.text((p90 + 6, y + 4), note, fill="black", font=font)
+
+
+def check_output_path(path: str | os.PathLike[str], force: bool) -> Path:
+    """Fail before benchmarking (one line) if a report cannot be written to `path`."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{target} is a folder; name a file for the report")
+    if target.exists() and not force:
+        raise UserError(f"{target} exists; pass --force to overwrite")
+    if not target.parent.is_dir():
+        raise UserError(f"folder {target.parent} does not exist; create it or pick another path")
+    if not os.access(target.parent, os.W_OK):
+        raise UserError(f"cannot write to folder {target.parent}; pick another path")
+    return target
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, force: bool) -> Path:
+    """Write via a temporary file beside `path` and rename; an existing file needs `force`."""
+    target = check_output_path(path, force)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def report_json(report: Mapping[str, Any]) -> bytes:
+    return (json.dumps(report, indent=2) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON report's schema (JSON Schema draft 2020-12; documented in BENCHMARKS.md)
+
+_NUM = {"type": "number"}
+_STATS = {
+    "type": ["object", "null"],
+    "required": ["n", "mean_ms", *(f"p{q}_ms" for q in PERCENTILES), "min_ms", "max_ms"],
+    "properties": {"n": {"type": "integer", "minimum": 1}, **{k: _NUM for k in ("mean_ms", "min_ms", "max_ms", *(f"p{q}_ms" for q in PERCENTILES))}},
+}
+_RATIO = {"type": ["object", "null"], "required": ["p50", "p95"], "properties": {"p50": _NUM, "p95": _NUM}}
+_OK_RESULT = {
+    "required": ["latency", "denoise_steps", "throughput", "memory", "load", "threads", "speedup"],
+    "properties": {
+        "latency": {"type": "object", "required": list(COMPONENTS), "properties": {c: _STATS for c in COMPONENTS}},
+        "denoise_steps": {"type": "array", "minItems": 1, "items": _STATS},
+        "throughput": {
+            "type": "object",
+            "required": ["fps", "steady_fps", "realtime_factor"],
+            "properties": {"fps": _NUM, "steady_fps": {"type": ["number", "null"]}, "realtime_factor": _NUM},
+        },
+        "memory": {
+            "type": "object",
+            "required": ["rss_start_bytes", "peak_rss_bytes", "gpu"],
+            "properties": {
+                "rss_start_bytes": {"type": "integer"},
+                "peak_rss_bytes": {"type": "integer"},
+                "gpu": {"type": ["object", "null"], "required": ["device_used_start_bytes", "peak_increase_bytes"]},
+            },
+        },
+        "load": {
+            "type": "object",
+            "required": ["bundle_s", "sessions_s", "total_s"],
+            "properties": {"sessions_s": {"type": "object", "required": list(STREAM_COMPONENTS)}},
+        },
+        "threads": {"type": ["integer", "null"]},
+        "speedup": {"type": "object", "required": list(COMPONENTS), "properties": {c: _RATIO for c in COMPONENTS}},
+    },
+}
+REPORT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "edgegen bench report",
+    "type": "object",
+    "required": ["schema", "schema_version", "created", "command", "machine", "bundle", "settings", "baseline", "results"],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "schema_version": {"const": SCHEMA_VERSION},
+        "machine": {"type": "object", "required": ["cpu", "memory_bytes", "gpu", "os", "python", "libraries", "env"]},
+        "bundle": {"type": "object", "required": ["path", "model", "digest", "video", "precisions"]},
+        "settings": {"type": "object", "required": ["steps", "frames", "repeat", "warmup", "prompt", "seed"]},
+        "baseline": {"type": "object", "required": ["backend", "precision"]},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["backend", "precision", "status", "reason"],
+                "properties": {"status": {"enum": ["ok", "skipped", "failed"]}},
+                "if": {"properties": {"status": {"const": "ok"}}},
+                "then": _OK_RESULT,
+                "else": {"properties": {"reason": {"type": "string"}}},
+            },
+        },
+    },
+}
+
