@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgegen import sampling
-from edgegen.bundle import Bundle, default_bundle_path, load_bundle
+from edgegen.bundle import Bundle, ComponentEntry, default_bundle_path, load_bundle
 from edgegen.errors import PromptError, UserError
 from edgegen.runtime import backends
 from edgegen.tokenizer import Tokenizer
@@ -233,8 +233,10 @@ class Generator:
 class Stream(Iterator[np.ndarray]):
     """One clip being generated: owns the rng, the KV cache, the VAE state and every buffer.
 
-    Buffers are allocated once here; a backend's outputs are copied into them, so the stream's
-    memory does not grow with its length. Not thread-safe itself: one thread per stream.
+    State lives in buffers allocated once per stream: host arrays for plain sessions (outputs are
+    copied into them), or a per-stream device binding when the session offers one
+    (`DeviceSession.bind()`, see `backends/device.py`: the KV cache and the VAE state then never
+    leave the GPU). Either way memory does not grow with the stream's length. One thread per stream.
     """
 
     def __init__(self, gen: Generator, tokens: np.ndarray, seed: int, frames: int | None, steps: int, hooks: Hooks) -> None:
@@ -246,17 +248,8 @@ class Stream(Iterator[np.ndarray]):
         self._times = gen.bundle.schedule(steps)
         self._t_ctx = gen.bundle.t_ctx
         self._rng = sampling.stream_rng(seed)
-
-        denoiser = gen.bundle.component(gen.precision, "denoiser")
-        decoder = gen.bundle.component(gen.precision, "vae_decoder")
-        self._latent_shape = denoiser.input("latent").concrete_shape()  # (1, C, h, w)
         self._tokens = tokens[None, :]  # (1, L)
-        self._t = np.zeros((1,), np.float32)
-        self._kv = np.zeros(denoiser.input("kv_cache").concrete_shape(), np.float32)  # (1, depth, 2, W, N, D)
-        self._valid = np.zeros(denoiser.input("cache_valid").concrete_shape(), np.float32)  # (1, W)
-        self._state = np.zeros(decoder.input("state").concrete_shape(), np.float32)  # (1, *S_dec)
-        self._text: np.ndarray | None = None
-        self._pooled: np.ndarray | None = None
+        self._latent_shape = gen.bundle.component(gen.precision, "denoiser").input("latent").concrete_shape()  # (1, C, h, w)
         self._iter = self._run()
 
     def __iter__(self) -> Stream:
@@ -268,55 +261,156 @@ class Stream(Iterator[np.ndarray]):
     def close(self) -> None:
         self._iter.close()
 
-    # -- the loop -----------------------------------------------------------------------------
-    def _denoise(self, x: np.ndarray, t: float) -> dict[str, np.ndarray]:
-        self._t[0] = t
-        return self.generator.sessions["denoiser"].run({
-            "latent": x,
-            "t": self._t,
-            "text": self._text,
-            "text_pooled": self._pooled,
-            "kv_cache": self._kv,
-            "cache_valid": self._valid,
-        })
-
     def _run(self) -> Iterator[np.ndarray]:
-        sessions = self.generator.sessions
+        gen = self.generator
         start = time.perf_counter()
-        encoded = sessions["text_encoder"].run({"tokens": self._tokens})
-        self._text, self._pooled = encoded["text"], encoded["text_pooled"]  # (1, L, D), (1, D)
+        encoded = gen.sessions["text_encoder"].run({"tokens": self._tokens})
         self._hooks.on_text(TextEvent(time.perf_counter() - start))
-        emitted, chunk, pending_commit = 0, 0, None
-        while self.frames is None or emitted < self.frames:
-            chunk_start = time.perf_counter()
-            if pending_commit is not None:  # the previous chunk's KV, now that more frames are wanted
-                self._commit(pending_commit, chunk - 1)
-            x = sampling.chunk_noise(self._rng, self._latent_shape)  # (1, C, h, w)
-            for k, (t, t_next) in enumerate(zip(self._times[:-1], self._times[1:], strict=True)):
-                step_start = time.perf_counter()
-                velocity = self._denoise(x, t)["velocity"]
-                x = sampling.euler_step(x, velocity, t, t_next)
-                self._hooks.on_step(StepEvent(chunk, k, self.steps, t, time.perf_counter() - step_start))
-            decode_start = time.perf_counter()
-            decoded = sessions["vae_decoder"].run({"latent": x, "state": self._state})
-            np.copyto(self._state, decoded["state_out"])
-            now = time.perf_counter()
-            clip = _to_uint8(decoded["frames"][0])  # (F, H, W, 3)
-            if self.frames is not None:
-                clip = clip[: self.frames - emitted]
-            emitted += len(clip)
-            self._hooks.on_chunk(ChunkEvent(chunk, len(clip), emitted, now - chunk_start, now - decode_start, now - start))
-            yield from clip
-            pending_commit = x
-            chunk += 1
+        denoiser = _denoiser_driver(gen, encoded["text"], encoded["text_pooled"])  # (1, L, D), (1, D)
+        decoder = _decoder_driver(gen)
+        try:
+            emitted, chunk, pending_commit = 0, 0, None
+            while self.frames is None or emitted < self.frames:
+                chunk_start = time.perf_counter()
+                if pending_commit is not None:  # the previous chunk's K/V, now that more frames are wanted
+                    step_start = time.perf_counter()
+                    denoiser.commit(pending_commit, self._t_ctx)
+                    self._hooks.on_step(StepEvent(chunk - 1, self.steps, self.steps, self._t_ctx, time.perf_counter() - step_start))
+                x = sampling.chunk_noise(self._rng, self._latent_shape)  # (1, C, h, w)
+                for k, (t, t_next) in enumerate(zip(self._times[:-1], self._times[1:], strict=True)):
+                    step_start = time.perf_counter()
+                    x = sampling.euler_step(x, denoiser.velocity(x, t), t, t_next)
+                    self._hooks.on_step(StepEvent(chunk, k, self.steps, t, time.perf_counter() - step_start))
+                decode_start = time.perf_counter()
+                clip = _to_uint8(decoder.decode(x)[0])  # (F, H, W, 3)
+                now = time.perf_counter()
+                if self.frames is not None:
+                    clip = clip[: self.frames - emitted]
+                emitted += len(clip)
+                self._hooks.on_chunk(ChunkEvent(chunk, len(clip), emitted, now - chunk_start, now - decode_start, now - start))
+                yield from clip
+                pending_commit = x
+                chunk += 1
+        finally:
+            denoiser.close()
+            decoder.close()
 
-    def _commit(self, x: np.ndarray, chunk: int) -> None:
-        """Append the finished chunk's K/V to the rolling cache and mark the newest slot valid."""
-        step_start = time.perf_counter()
-        np.copyto(self._kv, self._denoise(x, self._t_ctx)["kv_cache_out"])
-        self._valid[:, :-1] = self._valid[:, 1:]
-        self._valid[:, -1] = 1.0
-        self._hooks.on_step(StepEvent(chunk, self.steps, self.steps, self._t_ctx, time.perf_counter() - step_start))
+
+# ---------------------------------------------------------------------------------------------
+# Drivers: the same three calls on host buffers (plain Session.run) or on a device binding
+
+
+class _HostDenoiser:
+    """Plain `Session.run`: the cache and mask are host arrays owned by the stream."""
+
+    def __init__(self, session: backends.Session, entry: ComponentEntry, text: np.ndarray, pooled: np.ndarray) -> None:
+        self._session = session
+        self._feeds = {
+            "latent": np.zeros(entry.input("latent").concrete_shape(), np.float32),  # (1, C, h, w)
+            "t": np.zeros(entry.input("t").concrete_shape(), np.float32),  # (1,)
+            "text": text,
+            "text_pooled": pooled,
+            "kv_cache": np.zeros(entry.input("kv_cache").concrete_shape(), np.float32),  # (1, depth, 2, W, N, D)
+            "cache_valid": np.zeros(entry.input("cache_valid").concrete_shape(), np.float32),  # (1, W)
+        }
+
+    def _run(self, x: np.ndarray, t: float) -> dict[str, np.ndarray]:
+        self._feeds["latent"] = x
+        self._feeds["t"][0] = t
+        return self._session.run(self._feeds)
+
+    def velocity(self, x: np.ndarray, t: float) -> np.ndarray:
+        return self._run(x, t)["velocity"]
+
+    def commit(self, x: np.ndarray, t_ctx: float) -> None:
+        """Run the finished chunk once at t_ctx: its K/V become the newest cache slot."""
+        np.copyto(self._feeds["kv_cache"], self._run(x, t_ctx)["kv_cache_out"])
+        _roll_valid(self._feeds["cache_valid"])
+
+    def close(self) -> None:
+        pass
+
+
+class _BoundDenoiser:
+    """A device binding: text and KV cache stay on the device; latent/t/mask go up, velocity comes back."""
+
+    def __init__(self, binding: Any, entry: ComponentEntry, text: np.ndarray, pooled: np.ndarray) -> None:
+        self._b = binding
+        self._t = np.zeros(entry.input("t").concrete_shape(), np.float32)
+        self._valid = np.zeros(entry.input("cache_valid").concrete_shape(), np.float32)
+        binding.write("text", text)
+        binding.write("text_pooled", pooled)
+        binding.write("kv_cache", np.zeros(entry.input("kv_cache").concrete_shape(), np.float32))
+        binding.write("cache_valid", self._valid)
+
+    def _prepare(self, x: np.ndarray, t: float) -> None:
+        self._t[0] = t
+        self._b.write("latent", x)
+        self._b.write("t", self._t)
+
+    def velocity(self, x: np.ndarray, t: float) -> np.ndarray:
+        self._prepare(x, t)
+        return self._b.step(read=["velocity"])["velocity"]
+
+    def commit(self, x: np.ndarray, t_ctx: float) -> None:
+        self._prepare(x, t_ctx)
+        self._b.step()
+        self._b.carry("kv_cache_out", "kv_cache")
+        _roll_valid(self._valid)
+        self._b.write("cache_valid", self._valid)
+
+    def close(self) -> None:
+        self._b.close()
+
+
+class _HostDecoder:
+    def __init__(self, session: backends.Session, entry: ComponentEntry) -> None:
+        self._session = session
+        self._state = np.zeros(entry.input("state").concrete_shape(), np.float32)  # (1, *S_dec)
+
+    def decode(self, x: np.ndarray) -> np.ndarray:
+        """Frames (1, F, H, W, 3) in [0, 1] for latent x; carries the causal state forward."""
+        out = self._session.run({"latent": x, "state": self._state})
+        np.copyto(self._state, out["state_out"])
+        return out["frames"]
+
+    def close(self) -> None:
+        pass
+
+
+class _BoundDecoder:
+    def __init__(self, binding: Any, entry: ComponentEntry) -> None:
+        self._b = binding
+        binding.write("state", np.zeros(entry.input("state").concrete_shape(), np.float32))
+
+    def decode(self, x: np.ndarray) -> np.ndarray:
+        self._b.write("latent", x)
+        frames = self._b.step(read=["frames"])["frames"]
+        self._b.carry("state_out", "state")
+        return frames
+
+    def close(self) -> None:
+        self._b.close()
+
+
+def _denoiser_driver(gen: Generator, text: np.ndarray, pooled: np.ndarray) -> _HostDenoiser | _BoundDenoiser:
+    session, entry = gen.sessions["denoiser"], gen.bundle.component(gen.precision, "denoiser")
+    if callable(getattr(session, "bind", None)):
+        return _BoundDenoiser(session.bind(), entry, text, pooled)
+    return _HostDenoiser(session, entry, text, pooled)
+
+
+def _decoder_driver(gen: Generator) -> _HostDecoder | _BoundDecoder:
+    session, entry = gen.sessions["vae_decoder"], gen.bundle.component(gen.precision, "vae_decoder")
+    if callable(getattr(session, "bind", None)):
+        return _BoundDecoder(session.bind(), entry)
+    return _HostDecoder(session, entry)
+
+
+def _roll_valid(valid: np.ndarray) -> None:
+    """Slot ages shift by one: drop the oldest, mark the newest (the chunk just committed) valid."""
+    valid[:, :-1] = valid[:, 1:]
+    valid[:, -1] = 1.0
 
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
