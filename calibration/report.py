@@ -1,0 +1,141 @@
+"""The calibration report: the verdict against the targets and its markdown rendering."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+FP8_NOTE = (
+    "FP8 (E4M3) Q/DQ needs TensorRT on a GPU with FP8 tensor cores (Ada, Hopper, Blackwell: compute "
+    "capability >= 8.9) to run fast. ONNX Runtime's CPU provider has no FP8 kernels: at its default "
+    "optimisation level onnxruntime 1.31 refuses the file (its QDQ fusion turns float8 DQ→MatMul into "
+    "MatMulIntegerToFloat, which takes only 8-bit integers); at the basic level it runs the Q/DQ as "
+    "simulated quantization in float, slower than fp32. The numbers below come from that simulation. "
+    "Jetson Orin (sm 8.7) has no FP8: use the int8 precision there."
+)
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """Each target: value, limit, passed. `passed` (all measured targets) goes into the manifest."""
+    targets = report["targets"]
+    checks: dict[str, dict[str, Any]] = {}
+    e2e = report.get("end_to_end")
+    if e2e:
+        value = e2e["mean_psnr_db"]
+        checks["mean_psnr_db"] = {"value": value, "min": targets["min_psnr_db"], "passed": bool(value >= targets["min_psnr_db"])}
+        judge = e2e.get("judge")
+        if judge:
+            drop = judge["max_drop_points"]
+            checks["judge_max_drop_points"] = {"value": drop, "max": targets["max_judge_drop_points"], "passed": bool(drop <= targets["max_judge_drop_points"])}
+        else:
+            checks["judge_max_drop_points"] = {"value": None, "passed": None, "note": "no judge installed (edgegen.judge); not measured"}
+    latency = report.get("latency", {})
+    step = latency.get("denoiser", {}).get(report["precision"], {})
+    if "speedup_vs_fp32" in step:
+        value = step["speedup_vs_fp32"]
+        checks["denoiser_step_speedup_ort_cpu"] = {"value": value, "min": targets["min_step_speedup"], "passed": bool(value >= targets["min_step_speedup"])}
+    for comp, rec in report["components"].items():
+        checks[f"{comp}_target_rel_rmse"] = {"value": max(rec["calibration_error"].values()), "max": rec["target_rel_rmse"], "passed": bool(rec["target_met"])}
+    # Quality decides whether the runtime may pick this precision by default; speed is reported.
+    quality = [c["passed"] for k, c in checks.items() if c["passed"] is not None and "speedup" not in k]
+    return {"passed": bool(all(quality)) if quality else True, "checks": checks}
+
+
+def one_line(report: dict[str, Any]) -> str:
+    parts = []
+    e2e = report.get("end_to_end")
+    if e2e:
+        parts.append(f"mean PSNR {_db(e2e['mean_psnr_db'])} vs fp32")
+    step = report.get("latency", {}).get("denoiser", {}).get(report["precision"], {})
+    if "speedup_vs_fp32" in step:
+        parts.append(f"denoiser step {step['speedup_vs_fp32']:.2f}x fp32 on ORT CPU")
+    parts.append("quality passed" if report["verdict"]["passed"] else "quality FAILED")
+    return ", ".join(parts)
+
+
+def _db(value: Any) -> str:
+    return "inf dB" if isinstance(value, str) or not math.isfinite(value) else f"{value:.2f} dB"
+
+
+def _f(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    p = report["precision"]
+    lines = [f"# Calibration report: {p}", ""]
+    lines += [f"Created {report['created']} by edgegen {report['edgegen']} with onnxruntime {report['onnxruntime']}; "
+              f"source bundle `{report['source_bundle']['digest'][:16]}`.", ""]
+    if p == "fp8":
+        lines += [f"> {FP8_NOTE}", ""]
+    v = report["verdict"]
+    lines += ["## Verdict", "", f"**{'PASSED' if v['passed'] else 'FAILED'}** (quality targets; speed is reported below).", "",
+              "| check | value | target | passed |", "| --- | --- | --- | --- |"]
+    for name, c in v["checks"].items():
+        limit = f">= {c['min']}" if "min" in c else f"<= {c['max']}" if "max" in c else c.get("note", "")
+        lines.append(f"| {name} | {_f(c['value'])} | {limit} | {c['passed']} |")
+    s = report["settings"]
+    lines += ["", "## Calibration data", "",
+              f"Timestep-aware: the fp32 bundle ran the streaming loop on {s['prompts']} training-split prompts "
+              f"({s['frames']} frames each, steps {s['steps']} round-robin, seeds from {s['seed']}); every call of every component was "
+              f"recorded (all denoising steps, commit passes, the KV cache filling and rolling). Up to {s['samples']} calls per "
+              f"component were used, spread evenly. Checks use {s['eval_prompts']} held-out prompts.", ""]
+    for split, c in report["capture"].items():
+        lines.append(f"- {split}: {c['prompts']} prompts, calls {c['calls']}, cache key `{c['key'][:16]}` ({'reused' if c['reused'] else 'captured'})")
+    qz = report["quantization"]
+    lines += ["", "## Quantization settings", "", "```json", _json(qz), "```", ""]
+    for comp, r in report["components"].items():
+        lines += [f"## {comp} → `{r['file']}`", "",
+                  f"{len(r['quantized'])} of {r['candidates']} Conv/ConvTranspose/MatMul/Gemm layers quantized; "
+                  f"{len(r['kept_float'])} kept in float. Target: relative RMSE <= {r['target_rel_rmse']} "
+                  f"({'met' if r['target_met'] else 'NOT met'}). {r['samples']} calibration samples, data sha256 `{r['data_sha256'][:16]}`.", "",
+                  "| output | error on calibration inputs | error on held-out inputs |", "| --- | --- | --- |"]
+        for name, value in r["heldout_error"].items():
+            lines.append(f"| {name} | {_f(r['calibration_error'].get(name))} | {_f(value)} |")
+        lines += ["", "Kept in float (and why):", ""]
+        if r["kept_float"]:
+            lines += ["| node | op | sensitivity | component error after | why |", "| --- | --- | --- | --- | --- |"]
+            lines += [f"| `{k['node']}` | {k['op']} | {_f(k['sensitivity'])} | {_f(k['error_after'])} | {k['why']} |" for k in r["kept_float"]]
+        else:
+            lines.append("nothing: every candidate is quantized.")
+        lines += ["", "Most sensitive layers (component error with only that layer quantized):", "",
+                  "| node | sensitivity |", "| --- | --- |"]
+        lines += [f"| `{n}` | {_f(e)} |" for n, e in list(r["sensitivity"].items())[:10]]
+        lines += ["", f"Q/DQ: {r['qdq']['quantize']} QuantizeLinear, {r['qdq']['dequantize']} DequantizeLinear, problems: "
+                  f"{r['qdq']['problems'] or 'none'}; TensorRT parser tables: {r['tensorrt']}.", ""]
+    e2e = report.get("end_to_end")
+    if e2e:
+        lines += ["## End to end (held-out prompts, same seeds)", "",
+                  f"{len(e2e['prompts'])} prompts, {e2e['frames']} frames, {e2e['steps']} steps: mean PSNR {_db(e2e['mean_psnr_db'])}, "
+                  f"min {_db(e2e['min_psnr_db'])} ({p} vs fp32).", ""]
+        judge = e2e.get("judge")
+        if judge:
+            lines += ["| attribute | fp32 accuracy | " + p + " accuracy | drop (points) |", "| --- | --- | --- | --- |"]
+            lines += [f"| {k} | {_f(judge['fp32'][k], 1)} | {_f(judge[p].get(k), 1)} | {_f(judge['drop_points'][k], 1)} |" for k in judge["fp32"]]
+        else:
+            lines.append("Judge: not available in this install (edgegen.judge); accuracy not measured.")
+        lines.append("")
+    lat = report.get("latency")
+    if lat:
+        lines += ["## Latency (ORT CPU, this machine, same process, interleaved rounds)", ""]
+        if "skipped" in lat:
+            lines.append(lat["skipped"])
+        else:
+            lines += [f"Backend {lat['backend']}, {lat['threads']} threads; median of per-round medians.", "",
+                      "| component | fp32 ms/call | " + p + " ms/call | speedup |", "| --- | --- | --- | --- |"]
+            for comp in ("denoiser", "vae_decoder"):
+                if comp in lat:
+                    c = lat[comp]
+                    lines.append(f"| {comp} | {c['fp32']['median_ms']:.3f} | {c[p]['median_ms']:.3f} | {c[p]['speedup_vs_fp32']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=1)
