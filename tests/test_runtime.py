@@ -1,0 +1,235 @@
+"""The torch-free runtime: streaming, determinism, threads, hooks, backend registry, precision rule."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgegen.bundle import MANIFEST, load_bundle, write_manifest
+from edgegen.errors import BackendUnavailable, PromptError, UserError
+from edgegen.runtime import backends
+from edgegen.runtime.generator import (
+    ChunkEvent,
+    Generator,
+    Hooks,
+    StepEvent,
+    TextEvent,
+    choose_precision,
+)
+
+PROMPT = "a red ball moving right"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_bundle: Path) -> Generator:
+    return Generator.load(tiny_bundle, backend="ort-cpu")
+
+
+@pytest.mark.parametrize("frames", [1, 3, 4, 5, 9])
+def test_stream_yields_exactly_n_frames(gen: Generator, frames: int) -> None:
+    out = list(gen.stream(PROMPT, seed=1, frames=frames))
+    assert len(out) == frames
+    h, w = gen.bundle.video["height"], gen.bundle.video["width"]
+    assert all(f.shape == (h, w, 3) and f.dtype == np.uint8 for f in out)
+
+
+def test_same_seed_same_frames_other_seed_other_frames(gen: Generator) -> None:
+    a = gen.generate(PROMPT, seed=5, frames=9)
+    b = gen.generate(PROMPT, seed=5, frames=9)
+    c = gen.generate(PROMPT, seed=6, frames=9)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_a_shorter_clip_is_a_prefix_of_a_longer_one(gen: Generator) -> None:
+    np.testing.assert_array_equal(gen.generate(PROMPT, seed=2, frames=5), gen.generate(PROMPT, seed=2, frames=12)[:5])
+
+
+def test_two_threads_match_sequential_runs(gen: Generator) -> None:
+    prompts = [PROMPT, "the big blue star, sliding downward"]
+    expected = [gen.generate(p, seed=i, frames=12) for i, p in enumerate(prompts)]
+    results: list[np.ndarray | None] = [None, None]
+
+    def work(i: int) -> None:
+        results[i] = gen.generate(prompts[i], seed=i, frames=12)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_unbounded_stream_keeps_fixed_state(gen: Generator) -> None:
+    stream = gen.stream(PROMPT, seed=0, frames=None)
+    frames = list(itertools.islice(stream, 30))  # 8 chunks: more than the cache has slots
+    stream.close()
+    assert len(frames) == 30
+    slots = gen.bundle.manifest["cache"]["slots"]
+    assert gen.bundle.component(gen.precision, "denoiser").input("kv_cache").shape[3] == slots
+
+
+def test_hooks_report_steps_commits_and_chunks(gen: Generator) -> None:
+    events: list[object] = []
+    list(gen.stream(PROMPT, frames=9, steps=2, hooks=events.append))  # 3 chunks
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    chunks = [e for e in events if isinstance(e, ChunkEvent)]
+    assert sum(isinstance(e, TextEvent) for e in events) == 1
+    assert len(steps) == 3 * 2 + 2  # 2 steps per chunk, a commit before chunks 2 and 3
+    assert [c.frames for c in chunks] == [4, 4, 1] and chunks[-1].frames_total == 9
+    assert all(c.seconds >= c.decode_seconds >= 0 for c in chunks)
+
+    class OnlyChunks:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def on_chunk(self, event: ChunkEvent) -> None:
+            self.n += 1
+
+    only = OnlyChunks()
+    list(gen.stream(PROMPT, frames=5, hooks=only))
+    assert only.n == 2
+    counting = type("Counting", (Hooks,), {"on_step": lambda self, e: None})()
+    list(gen.stream(PROMPT, frames=1, hooks=counting))
+
+
+def test_steps_change_the_result_and_are_validated(gen: Generator) -> None:
+    one = gen.generate(PROMPT, frames=4, steps=1)
+    four = gen.generate(PROMPT, frames=4, steps=4)
+    assert one.shape == four.shape and not np.array_equal(one, four)
+    with pytest.raises(UserError, match="valid: 1, 2, 4"):
+        gen.stream(PROMPT, steps=3)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"frames": 0}, "frames"),
+    ({"frames": -2}, "frames"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**63}, "seed"),
+    ({"frames": 2.5}, "frames"),
+])
+def test_bad_arguments_are_one_line_errors(gen: Generator, kwargs: dict, match: str) -> None:
+    with pytest.raises(UserError, match=match) as exc:
+        gen.stream(PROMPT, **kwargs)
+    assert "\n" not in str(exc.value)
+
+
+def test_prompt_validation_names_the_word(gen: Generator) -> None:
+    with pytest.raises(PromptError, match="'zebra'"):
+        gen.stream("a zebra moving right")
+    with pytest.raises(PromptError):
+        gen.stream("   ")
+
+
+def test_fp16_precision_streams_close_to_fp32(tiny_bundle: Path, gen: Generator) -> None:
+    from edgegen.export.parity import psnr
+
+    half = Generator.load(tiny_bundle, backend="ort-cpu", precision="fp16")
+    assert half.precision == "fp16"
+    assert psnr(half.generate(PROMPT, frames=8), gen.generate(PROMPT, frames=8)) > 35
+
+
+# -- backend registry ----------------------------------------------------------------------
+
+
+def test_unknown_backend_lists_the_valid_ones() -> None:
+    with pytest.raises(UserError) as exc:
+        backends.resolve("cuda9000")
+    assert "ort-cpu" in str(exc.value) and "tensorrt" in str(exc.value) and "auto" in str(exc.value)
+
+
+def test_auto_picks_an_available_backend_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="edgegen.runtime.backends"):
+        backend = backends.resolve("auto")
+    assert backend.name in backends.available_backends()
+    assert f"using {backend.name}" in caplog.text
+
+
+def test_registry_names_and_lazy_import() -> None:
+    assert backends.names() == ("ort-cpu", "ort-cuda", "tensorrt", "trt-rtx", "torch")
+    assert backends.status("ort-cpu")[0] is True
+
+
+# -- the default-precision rule --------------------------------------------------------------
+
+
+class _FakeBackend:
+    name = "fake"
+    precisions = ("int8", "fp32", "fp16")
+
+
+def _with_precision(root: Path, name: str, quality: dict | None = None) -> None:
+    data = json.loads((root / MANIFEST).read_text())
+    data["precisions"][name] = json.loads(json.dumps(data["precisions"]["fp32"]))
+    if quality is not None:
+        data["precisions"][name]["quality"] = quality
+    write_manifest(root, data)
+
+
+def test_default_precision_is_the_fastest_that_passes(bundle_copy: Path) -> None:
+    assert choose_precision(load_bundle(bundle_copy), _FakeBackend())[0] == "fp32"
+    _with_precision(bundle_copy, "int8", {"passed": True, "psnr_db": 38.0})
+    assert choose_precision(load_bundle(bundle_copy), _FakeBackend())[0] == "int8"
+    _with_precision(bundle_copy, "int8", {"passed": False, "psnr_db": 20.0})
+    precision, why = choose_precision(load_bundle(bundle_copy), _FakeBackend())
+    assert precision == "fp32" and "int8 failed" in why
+    with pytest.raises(UserError, match="fp32, fp16, int8"):
+        choose_precision(load_bundle(bundle_copy), _FakeBackend(), "fp8")
+
+
+# -- torch-free ------------------------------------------------------------------------------
+
+
+def test_runtime_streams_with_torch_unimportable(tiny_bundle: Path) -> None:
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError(f"blocked: {{name}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, NoTorch())
+        import edgegen.runtime
+        from edgegen.runtime.generator import Generator
+        from edgegen.errors import BackendUnavailable
+        gen = Generator.load({str(tiny_bundle)!r}, backend="auto")
+        frames = list(gen.stream("a red ball moving right", seed=0, frames=5))
+        assert len(frames) == 5 and frames[0].dtype.name == "uint8"
+        try:
+            edgegen.runtime.backends.resolve("torch")
+        except BackendUnavailable as exc:
+            assert "edgegen[train]" in str(exc), exc
+        else:
+            raise AssertionError("the torch backend resolved without torch")
+        assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        print("ok", gen.backend, gen.precision)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok ort-cpu fp32")
+
+
+def test_no_torch_import_anywhere_under_runtime() -> None:
+    for path in (ROOT / "runtime").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            assert not stripped.startswith(("import torch", "from torch")), f"{path}: {line}"
+
+
+def test_backend_unavailable_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(backends.REGISTRY, "torch", "edgegen_no_such_module:X")
+    with pytest.raises(BackendUnavailable, match=r"edgegen\[train\]"):
+        backends.resolve("torch")
