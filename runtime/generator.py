@@ -113,9 +113,29 @@ class _Adapter(Hooks):
             self._chunk(event)
 
 
+class _Fanout(Hooks):
+    def __init__(self, hooks: list[Hooks]) -> None:
+        self._hooks = hooks
+
+    def on_text(self, event: TextEvent) -> None:
+        for h in self._hooks:
+            h.on_text(event)
+
+    def on_step(self, event: StepEvent) -> None:
+        for h in self._hooks:
+            h.on_step(event)
+
+    def on_chunk(self, event: ChunkEvent) -> None:
+        for h in self._hooks:
+            h.on_chunk(event)
+
+
 def _as_hooks(hooks: HookArg) -> Hooks:
+    """None, a Hooks, any object with some of on_text/on_step/on_chunk, a callable, or a list of those."""
     if hooks is None:
         return Hooks()
+    if isinstance(hooks, (list, tuple)):
+        return _Fanout([_as_hooks(h) for h in hooks])
     return hooks if isinstance(hooks, Hooks) else _Adapter(hooks)
 
 

@@ -119,15 +119,16 @@ def available_backends() -> list[str]:
 def resolve(name: str = AUTO) -> Backend:
     """The backend called `name`, or for `auto` the best available one; raises if unusable."""
     if name == AUTO:
-        reasons = []
+        skipped = []
         for candidate in AUTO_ORDER:
             ok, reason = status(candidate)
             if ok:
-                skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
-                log.info("backend auto: using %s — %s%s", candidate, reason, skipped)
+                note = f"; not available here: {', '.join(skipped)} (--backend NAME says why)" if skipped else ""
+                log.info("backend auto: using %s (%s)%s", candidate, reason, note)
                 return create(candidate)
-            reasons.append(f"{candidate}: {reason}")
-        raise BackendUnavailable("no backend is available: " + "; ".join(reasons))
+            log.debug("backend auto: skipping %s: %s", candidate, reason)
+            skipped.append(candidate)
+        raise BackendUnavailable("no backend is available: " + "; ".join(f"{c}: {status(c)[1]}" for c in AUTO_ORDER))
     backend = create(name)
     ok, reason = backend.available()
     if not ok:
