@@ -418,3 +418,143 @@ def test_fake_libcuda_matches_ctypes_calling_convention() -> None:
     ref = ctypes.byref(value)
     ref._obj.value = 3
     assert value.value == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The TensorRT session logic on fakes: host memory stands in for the GPU, a recorded list of
+# closures for a CUDA graph. This checks edgegen's control flow (buffers, carry, one capture per
+# buffer arrangement, replay, capture failure), not TensorRT: the real thing is the GPU test above.
+
+
+class _FakeCudart:
+    class cudaError_t:  # cuda-python names
+        cudaSuccess = 0
+
+    class cudaMemcpyKind:
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    class cudaStreamCaptureMode:
+        cudaStreamCaptureModeThreadLocal = 1
+
+    def __init__(self) -> None:
+        self.memory: dict[int, ctypes.Array] = {}
+        self.recording: list | None = None
+        self.captures = self.launches = 0
+
+    def _alloc(self, n: int):
+        buf = (ctypes.c_uint8 * n)()
+        self.memory[ctypes.addressof(buf)] = buf
+        return 0, ctypes.addressof(buf)
+
+    cudaMalloc = cudaMallocHost = _alloc
+
+    def _free(self, ptr: int):
+        self.memory.pop(ptr)
+        return (0,)
+
+    cudaFree = cudaFreeHost = _free
+
+    def cudaStreamCreate(self):
+        return 0, 7
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, stream: int):
+        assert self.recording is None, "copies are never captured"
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaStreamBeginCapture(self, stream: int, mode: int):
+        self.recording = []
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream: int):
+        ops, self.recording = self.recording, None
+        self.captures += 1
+        return 0, ops
+
+    def cudaGraphInstantiate(self, graph: list, flags: int):
+        return 0, list(graph)
+
+    def cudaGraphLaunch(self, graph: list, stream: int):
+        self.launches += 1
+        for op in graph:
+            op()
+        return (0,)
+
+    def _ok(self, *args):
+        return (0,)
+
+    cudaStreamSynchronize = cudaGraphDestroy = cudaGraphExecDestroy = cudaStreamDestroy = _ok
+
+
+class _FakeContext:
+    """y = 2x + 1, state_out = state + x on the bound addresses (read when the work runs, like a graph)."""
+
+    def __init__(self, cudart: _FakeCudart, fail_capture: bool) -> None:
+        self.cudart, self.fail_capture, self.addresses = cudart, fail_capture, {}
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        return tuple(shape) == (1, 4)
+
+    def get_tensor_shape(self, name: str):
+        return (1, 4)
+
+    def set_tensor_address(self, name: str, address: int) -> None:
+        self.addresses[name] = address
+
+    def execute_async_v3(self, stream: int) -> bool:
+        if self.cudart.recording is not None and self.fail_capture:
+            return False
+        a = dict(self.addresses)  # the addresses at enqueue time are what a graph bakes in
+
+        def view(name: str) -> np.ndarray:
+            return np.ctypeslib.as_array((ctypes.c_float * 4).from_address(a[name])).reshape(1, 4)
+
+        def work() -> None:
+            view("y")[:] = 2 * view("x") + 1
+            view("state_out")[:] = view("state") + view("x")
+
+        if self.cudart.recording is not None:
+            self.cudart.recording.append(work)
+        else:
+            work()
+        return True
+
+
+def _fake_trt_session(monkeypatch: pytest.MonkeyPatch, *, cuda_graph: bool, fail_capture: bool = False):
+    from edgegen.bundle import ComponentEntry, TensorSpec
+
+    cudart = _FakeCudart()
+    names = ["x", "state", "y", "state_out"]
+    engine = types.SimpleNamespace(
+        num_io_tensors=4,
+        get_tensor_name=lambda i: names[i],
+        get_tensor_mode=lambda n: "in" if n in ("x", "state") else "out",
+        get_tensor_dtype=lambda n: "f32",
+        create_execution_context=lambda: _FakeContext(cudart, fail_capture),
+    )
+    fake_trt = types.SimpleNamespace(__version__="10.3.0", TensorIOMode=types.SimpleNamespace(INPUT="in"), nptype=lambda dt: np.float32)
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
+    spec = lambda n: TensorSpec(n, "float32", ("batch", 4))  # noqa: E731
+    entry = ComponentEntry("denoiser", "fp32", "tiny.onnx", (spec("x"), spec("state")), (spec("y"), spec("state_out")), 17)
+    session = trt_backend.TensorRTSession(trt_backend._EngineHandle(engine, None), entry, cuda_graph=cuda_graph)
+    return session, cudart
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_tensorrt_session_logic_on_fakes(monkeypatch: pytest.MonkeyPatch, cuda_graph: bool) -> None:
+    session, cudart = _fake_trt_session(monkeypatch, cuda_graph=cuda_graph)
+    _exercise(session)
+    # run(): one arrangement, captured once; the bound stream: two arrangements (carry swaps), each once.
+    assert cudart.captures == (3 if cuda_graph else 0)
+    assert cudart.launches == (4 if cuda_graph else 0)  # 6 bound steps, minus the first of each arrangement
+    assert len(cudart.memory) == 2 * 4  # the run binding's buffers (device + pinned host); the stream's were freed
+
+
+def test_tensorrt_capture_failure_warns_once_and_still_computes(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    session, cudart = _fake_trt_session(monkeypatch, cuda_graph=True, fail_capture=True)
+    with caplog.at_level("WARNING"):
+        _exercise(session)
+    assert cudart.launches == 0
+    warnings = [r.getMessage() for r in caplog.records if "CUDA graph capture failed" in r.getMessage()]
+    assert len(warnings) == 2  # once per binding (the run binding and the stream's), then uncaptured

@@ -206,17 +206,17 @@ class OrtCudaBackend:
             return False, f"onnxruntime {ort.__version__} has {PROVIDER} but {why}"
         return True, f"onnxruntime {ort.__version__} {PROVIDER} on {gpu.name} (sm {gpu.sm})"
 
-    def provider_options(self, cuda_graph: bool) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "device_id": self.device,
+    def provider_options(self, cuda_graph: bool) -> dict[str, str]:
+        options = {  # values as strings, the form every onnxruntime version parses
+            "device_id": str(self.device),
             # Grow the arena by what is asked, not to the next power of two: matters on 8 GiB Jetsons.
             "arena_extend_strategy": "kSameAsRequested",
             "cudnn_conv_algo_search": "EXHAUSTIVE",  # shapes are static: search once, at session creation
-            "do_copy_in_default_stream": True,
-            "enable_cuda_graph": cuda_graph,
+            "do_copy_in_default_stream": "1",
+            "enable_cuda_graph": "1" if cuda_graph else "0",
         }
         if self.gpu_mem_limit is not None:
-            options["gpu_mem_limit"] = self.gpu_mem_limit
+            options["gpu_mem_limit"] = str(self.gpu_mem_limit)
         return options
 
     def session_options(self) -> Any:

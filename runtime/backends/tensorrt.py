@@ -72,6 +72,18 @@ def import_cudart() -> Any:
     return runtime
 
 
+def _native(handle: Any) -> int:
+    """A cuda-python handle (cudaStream_t, ...) as the plain integer TensorRT's Python API takes.
+
+    cuda-python ≥ 12.9.1 deprecates int(handle) in favour of get_cuda_native_handle.
+    """
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(handle)
+    return int(get_cuda_native_handle(handle))
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
 
@@ -257,7 +269,8 @@ def _progress_monitor(trt: Any, callback: ProgressCallback) -> Any:
             callback(phase_name, 0, num_steps)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            keep_going = callback(phase_name, step + 1, self.totals.get(phase_name, 0)) is not False
+            total = self.totals.get(phase_name, 0)
+            keep_going = callback(phase_name, min(step + 1, total) if total else step + 1, total) is not False
             self.cancelled = self.cancelled or not keep_going
             return keep_going
 
@@ -410,12 +423,16 @@ class TensorRTBinding:
         self._cuda_graph = session.cuda_graph
         self._stream = None
         self._context = session.handle.engine.create_execution_context()
+        if self._context is None:
+            raise UserError(f"TensorRT could not create an execution context for {self._component} (out of GPU memory?)")
         try:
             self._stream = _cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+            self._stream_handle = _native(self._stream)
             for name in (*self._inputs, *self._outputs):
                 self._buffers[name] = _Buffer(cudart, session.shapes[name], session.dtypes[name])
             for name in self._inputs:
-                self._context.set_input_shape(name, session.shapes[name])
+                if not self._context.set_input_shape(name, session.shapes[name]):
+                    raise BundleError(f"{entry.file}: TensorRT rejects shape {session.shapes[name]} for {name}; rebuild the engine (edgegen build --force)")
             for name in self._outputs:  # input shapes are set: TensorRT can report the output shapes
                 got = tuple(self._context.get_tensor_shape(name))
                 if got != session.shapes[name]:
@@ -479,7 +496,7 @@ class TensorRTBinding:
             self._context.set_tensor_address(name, buf.device)
 
     def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(self._stream):
+        if not self._context.execute_async_v3(self._stream_handle):
             raise RuntimeError(f"TensorRT failed to enqueue {self._component} (see the TensorRT error above)")
 
     def _execute(self) -> None:
@@ -504,7 +521,7 @@ class TensorRTBinding:
         _cuda(cudart, cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
         enqueued = False
         try:
-            enqueued = self._context.execute_async_v3(self._stream)
+            enqueued = self._context.execute_async_v3(self._stream_handle)
         finally:
             err, graph = cudart.cudaStreamEndCapture(self._stream)
         if not enqueued or err != cudart.cudaError_t.cudaSuccess:
