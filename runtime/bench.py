@@ -14,10 +14,12 @@ What one combination's worker measures:
   chunk; the first-frame latency (stream start → first chunk decoded); the whole generation's
   wall time, and from it frames per second and the real-time factor (fps / the bundle's fps).
 
-Clocks: `time.perf_counter` around `Session.run`. Every session returns host numpy arrays, so a
-GPU session has already synchronized its stream (the TensorRT and ORT CUDA sessions copy the
-outputs back and wait) before the clock is read: the figures are the latency the streaming loop
-sees, host overhead included.
+Clocks: `time.perf_counter` around each call, read by the streaming loop itself. On the CPU a
+call is synchronous. On a GPU every call returns only after the device work is done (TensorRT
+bindings end each step with `cudaStreamSynchronize`; ORT's `run_with_iobinding` synchronizes the
+CUDA execution provider; outputs read back are host arrays), so the clock never stops before the
+GPU does. The figures are the latency the stream sees, host overhead included; device-only time
+(CUDA events) would need a hook in each GPU binding and is not reported.
 
 Baseline: the torch eager model at fp32 (`torch` backend) runs in the same benchmark, and every
 combination reports its speed-up over it (baseline p50 / own p50, and the same for p95), so
