@@ -93,7 +93,7 @@ class OrtDeviceSession:
         self.dtypes = {t.name: np.dtype(t.dtype) for t in (*entry.inputs, *entry.outputs)}
         self._graph_ids = itertools.count(1)  # 0 is ORT's reserved default annotation
         self._id_lock = threading.Lock()
-        self._run_binding = self.bind()
+        self._run_binding: OrtDeviceBinding | None = None  # made on the first run(): streams that bind() never pay for it
         self._lock = threading.Lock()
 
     def next_graph_id(self) -> int:
@@ -105,6 +105,8 @@ class OrtDeviceSession:
         if missing:
             raise ValueError(f"{self.entry.component}: missing inputs {missing}")
         with self._lock:  # one private binding; concurrent callers take turns (streams should bind())
+            if self._run_binding is None:
+                self._run_binding = self.bind()
             for name in self.entry.input_names:
                 self._run_binding.write(name, feeds[name])
             return self._run_binding.step(read=self.entry.output_names)

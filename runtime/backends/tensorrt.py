@@ -392,7 +392,8 @@ class TensorRTSession:
             if dtype != np.dtype(t.dtype):
                 raise BundleError(f"{entry.file}: TensorRT sees {t.name} as {dtype}, the manifest says {t.dtype}; re-export the bundle")
             self.dtypes[t.name] = dtype
-        self._run_binding = self.bind()  # also checks the output shapes now, not at the first step
+        self.bind().close()  # checks the output shapes at open, not at the first step
+        self._run_binding: TensorRTBinding | None = None  # made on the first run(): streams that bind() never pay for it
         self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -400,6 +401,8 @@ class TensorRTSession:
         if missing:
             raise ValueError(f"{self.entry.component}: missing inputs {missing}")
         with self._lock:  # one private binding; concurrent callers take turns (streams should bind())
+            if self._run_binding is None:
+                self._run_binding = self.bind()
             for name in self.entry.input_names:
                 self._run_binding.write(name, feeds[name])
             return self._run_binding.step(read=self.entry.output_names)
