@@ -460,6 +460,6 @@ def default_bundle_path() -> Path:
     path = Path(__file__).resolve().parent / "assets" / "default"
     if not (path / MANIFEST).is_file():
         raise BundleError(
-            f"no default bundle is installed at {path}; pass --bundle DIR (a folder from `edgegen export`)"
+            f"no default bundle is installed at {path}; pass a bundle folder written by `edgegen export --out DIR`"
         )
     return path

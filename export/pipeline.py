@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,9 @@ class ExportSource:
     shift: float
     t_ctx: float
     prompts: tuple[str, ...]  # real prompts for the parity run
+    # (prompt, seed, frames, steps) -> uint8 clip from an independent torch reference pipeline;
+    # None: the torch components driven by the runtime's own loop are the reference.
+    reference: Callable[[str, int, int, int], np.ndarray] | None = None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class ExportReport:
     files: dict[str, str] = field(default_factory=dict)  # "fp32/denoiser" -> "exported" | "cached"
     rel_errors: dict[str, dict[str, float]] = field(default_factory=dict)  # precision -> component -> error
     psnr: dict[str, float] = field(default_factory=dict)  # precision -> dB vs its reference
+    loop_psnr: float | None = None  # torch components in the runtime loop vs the reference pipeline
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -131,7 +135,7 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     slim: bool = True,
     force: bool = False,
-    parity_frames: int = 16,
+    parity_frames: int | None = None,
     seed: int = 0,
 ) -> ExportReport:
     """Export `source` to the bundle folder `out`; raises UserError if any check fails."""
@@ -147,7 +151,9 @@ def export_bundle(
     source.tokenizer.save(out / TOKENIZER_FILE)
     manifest = _manifest(source, out, wanted, opset)
     bundle = bundle_from_manifest(out, manifest)
-    _check_parity(source, bundle, report, wanted, parity_frames, seed)
+    # Enough chunks to fill the KV cache and roll it once: every cache state the runtime meets.
+    frames = parity_frames or bundle.chunk_frames * (int(bundle.manifest["cache"]["slots"]) + 2)
+    _check_parity(source, bundle, report, wanted, frames, seed)
     write_manifest(out, manifest)
     report.seconds = time.perf_counter() - start
     log.info("%s", report.summary())
@@ -268,10 +274,17 @@ def _check_parity(source: ExportSource, bundle: Any, report: ExportReport, preci
     torch_sessions = {name: parity.TorchSession(source.components[name].module, entries[name]) for name in entries}
     torch_gen = Generator(bundle=bundle, backend="torch", precision="fp32", tokenizer=tokenizer,
                           sessions={k: v for k, v in torch_sessions.items() if k != "vae_encoder"})
-    records, torch_clips = parity.capture(torch_gen, source.prompts, seed=seed, frames=frames)
+    steps = bundle.default_steps
+    records, torch_clips = parity.capture(torch_gen, source.prompts, seed=seed, frames=frames, steps=steps)
     if "vae_encoder" in entries:
         records |= parity.encoder_records(torch_sessions["vae_encoder"], entries["vae_encoder"], torch_clips, bundle.chunk_frames)
     n_inputs = sum(len(v) for v in records.values())
+    reference, against = torch_clips, "torch"
+    if source.reference is not None:
+        reference = {p: source.reference(p, seed, frames, steps) for p in source.prompts}
+        report.loop_psnr = min(parity.psnr(torch_clips[p], reference[p]) for p in source.prompts)
+        against = "the torch reference pipeline"
+        log.info("runtime loop on torch components vs the torch reference pipeline: PSNR %s", _db(report.loop_psnr))
     backend = OrtCpuBackend()
     clips: dict[str, dict[str, np.ndarray]] = {}
     for precision in precisions:
@@ -279,18 +292,18 @@ def _check_parity(source: ExportSource, bundle: Any, report: ExportReport, preci
         report.rel_errors[precision] = parity.component_errors(records, sessions)
         ort_gen = Generator(bundle=bundle, backend=backend.name, precision=precision, tokenizer=tokenizer,
                             sessions={k: v for k, v in sessions.items() if k != "vae_encoder"})
-        clips[precision] = {p: np.stack(list(ort_gen.stream(p, seed=seed, frames=frames))) for p in source.prompts}
-        reference = torch_clips if precision == "fp32" else clips["fp32"]
-        report.psnr[precision] = min(parity.psnr(clips[precision][p], reference[p]) for p in source.prompts)
+        clips[precision] = {p: np.stack(list(ort_gen.stream(p, seed=seed, frames=frames, steps=steps))) for p in source.prompts}
+        base = reference if precision == "fp32" else clips["fp32"]
+        report.psnr[precision] = min(parity.psnr(clips[precision][p], base[p]) for p in source.prompts)
         errors = ", ".join(f"{k} {v:.1e}" for k, v in report.rel_errors[precision].items())
-        against = "torch" if precision == "fp32" else "ORT fp32"
-        log.info("parity %s (ORT CPU vs torch on %d captured inputs from %d prompts): max rel err %s; clip PSNR vs %s %s",
-                 precision, n_inputs, len(source.prompts), errors, against, _db(report.psnr[precision]))
+        log.info("parity %s (ORT CPU vs torch on %d captured inputs from %d prompts): max rel err %s; %d-frame clip PSNR vs %s %s",
+                 precision, n_inputs, len(source.prompts), errors, frames, against if precision == "fp32" else "ORT fp32",
+                 _db(report.psnr[precision]))
     fp32_worst = max(report.rel_errors["fp32"].items(), key=lambda kv: kv[1])
     if fp32_worst[1] > FP32_MAX_REL_ERROR:
         raise UserError(f"parity failed: {fp32_worst[0]} fp32 ONNX differs from torch by {fp32_worst[1]:.2e} relative (limit {FP32_MAX_REL_ERROR:.0e})")
     if report.psnr["fp32"] < FP32_MIN_PSNR:
-        raise UserError(f"parity failed: fp32 clip PSNR vs torch is {report.psnr['fp32']:.1f} dB (limit {FP32_MIN_PSNR:.0f} dB)")
+        raise UserError(f"parity failed: fp32 clip PSNR vs {against} is {report.psnr['fp32']:.1f} dB (limit {FP32_MIN_PSNR:.0f} dB)")
     if "fp16" in report.psnr and report.psnr["fp16"] < FP16_MIN_PSNR:
         raise UserError(f"parity failed: fp16 clip PSNR vs fp32 is {report.psnr['fp16']:.1f} dB (limit {FP16_MIN_PSNR:.0f} dB)")
     log.info("parity ok (%.1fs)", time.perf_counter() - t0)

@@ -178,4 +178,4 @@ def test_default_bundle_path_explains_when_absent(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(bundle_mod, "__file__", str(tmp_path / "edgegen" / "bundle.py"))
     with pytest.raises(BundleError) as exc:
         bundle_mod.default_bundle_path()
-    assert "--bundle" in _one_line(exc)
+    assert "edgegen export" in _one_line(exc)
