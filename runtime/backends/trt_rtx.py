@@ -159,9 +159,11 @@ class TrtRtxBackend:
             allocate = cuda_allocator(self.device)
         else:
             name, devices = plugin_devices()
-            if not devices:
-                raise BackendUnavailable(f"the {PLUGIN_MODULE} plugin found no GPU it can use (is the NVIDIA driver new enough for its CUDA?)")
-            device = devices[min(self.device, len(devices) - 1)]
+            if self.device >= len(devices):
+                raise BackendUnavailable(
+                    f"the {PLUGIN_MODULE} plugin offers {len(devices)} GPU(s), not GPU {self.device} (is the NVIDIA driver new enough for its CUDA?)"
+                )
+            device = devices[self.device]
             options.add_provider_for_devices([device], provider_options)
             session = create_session(path, options, None, name)
             memory = device.memory_info(ort.OrtDeviceMemoryType.DEFAULT)
