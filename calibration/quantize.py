@@ -12,6 +12,8 @@ sensitivity search only rewrite the graph.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import tempfile
@@ -184,8 +186,7 @@ def preprocess(src: Path, dst: Path) -> onnx.ModelProto:
 
 def compute_ranges(model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], sch: Scheme, cache_path: Path) -> None:
     """Run ORT's calibrator over `feeds` and save the activation ranges as ORT's JSON cache."""
-    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator
-    from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
     with tempfile.TemporaryDirectory(prefix="edgegen-calib-") as tmp:
         calibrator = create_calibrator(
@@ -195,8 +196,9 @@ def compute_ranges(model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], 
             calibrate_method=sch.calibrate_method,
             extra_options={"symmetric": True},
         )
-        calibrator.collect_data(FeedReader(feeds))
-        ranges = calibrator.compute_data()
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+            calibrator.collect_data(FeedReader(feeds))
+            ranges = calibrator.compute_data()
         assert isinstance(ranges, TensorsData)
         del calibrator
     save_tensors_data(ranges, cache_path, smooth_quant=False)

@@ -33,14 +33,15 @@ def relative_rmse(actual: np.ndarray, reference: np.ndarray) -> float:
     return err / max(denom, 1e-12)
 
 
-def ort_session(model: onnx.ModelProto | Path, threads: int = 0) -> Any:
-    """A CPU session with full optimisation (the ORT fusions are what users run)."""
+def ort_session(model: onnx.ModelProto | Path, *, simulate: bool = False) -> Any:
+    """A CPU session with full optimisation (the ORT fusions are what users run), or at the basic
+    level for `simulate` (fp8: ORT CPU runs float8 Q/DQ only unfused, as simulated quantization)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
+    if simulate:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
 
@@ -95,6 +96,7 @@ def search(
 ) -> SearchResult:
     """Sensitivity of every candidate, then greedy exclusion until `worst(error) <= target`."""
     policy_excluded = dict(policy_excluded or {})
+    simulate = sch.precision == "fp8"
     reference_session = ort_session(model_path)
     names = [o.name for o in reference_session.get_outputs()]
     reference = run_all(reference_session, feeds)
@@ -106,7 +108,7 @@ def search(
 
         def measure(exclude: Sequence[str], only: Sequence[str] | None = None) -> dict[str, float]:
             model = q.quantize(model_path, out, sch, ranges_path, exclude=exclude, only=only)
-            return output_error(run_all(ort_session(model), feeds), reference, names)
+            return output_error(run_all(ort_session(model, simulate=simulate), feeds), reference, names)
 
         sensitivity = {}
         for cand in pool:
