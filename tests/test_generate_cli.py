@@ -1,0 +1,79 @@
+"""`edgegen generate` end to end on the tiny exported bundle: files, stdout, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgegen.cli import main
+from edgegen.runtime.generator import Generator
+from edgegen.video import read_video
+
+PROMPT = "a red ball moving right"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(bundle: Path, *args: str) -> int:
+    return main(["generate", PROMPT, "--bundle", str(bundle), *args])
+
+
+def test_generate_writes_the_clip_the_runtime_makes(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "clip.y4m"
+    assert _run(tiny_bundle, "--out", str(out), "--frames", "5", "--seed", "3", "--backend", "ort-cpu") == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    video = read_video(out)
+    expected = Generator.load(tiny_bundle, backend="ort-cpu").generate(PROMPT, seed=3, frames=5)
+    assert video.frames.shape == expected.shape and video.fps == 24
+    assert np.abs(video.frames.astype(int) - expected.astype(int)).max() <= 2  # y4m: 8-bit YCbCr rounding
+    assert "wrote 5 frames" in summary and "ort-cpu" in summary and "fp32" in summary and "first frame" in summary
+
+
+def test_existing_output_needs_force(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "clip.gif"
+    out.write_bytes(b"keep me")
+    assert _run(tiny_bundle, "--out", str(out), "--frames", "2") == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert _run(tiny_bundle, "--out", str(out), "--frames", "6", "--force", "--fps", "12") == 0
+    video = read_video(out)
+    assert len(video.frames) == 6
+
+
+def test_stdout_streams_y4m(tiny_bundle: Path) -> None:
+    cmd = [sys.executable, "-m", "edgegen", "-q", "generate", PROMPT, "--bundle", str(tiny_bundle), "--out", "-", "--frames", "9", "--steps", "1"]
+    out = subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.startswith(b"YUV4MPEG2 W32 H32 F24:1")
+    assert out.stdout.count(b"FRAME\n") == 9
+    assert out.stderr == b""  # -q: nothing but the video
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["--frames", "0"], "1 to 100000"),
+    (["--frames", "100001"], "1 to 100000"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**63)], "--seed"),
+    (["--steps", "3"], "valid: 1, 2, 4"),
+    (["--backend", "vulkan"], "ort-cpu"),
+    (["--precision", "fp64"], "fp32, fp16, int8, fp8"),
+    (["--precision", "int8"], "valid --precision: fp32, fp16"),
+    (["--fps", "0"], "--fps"),
+])
+def test_bad_flags_are_one_line_errors(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expect: str) -> None:
+    out = tmp_path / "clip.mp4"
+    assert _run(tiny_bundle, "--out", str(out), *args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgegen: error:")]
+    assert len(err) == 1 and expect in err[0], err
+    assert not out.exists()
+
+
+def test_bad_prompt_and_bad_paths(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "a zebra moving right", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "c.mp4")]) == 2
+    assert "'zebra'" in capsys.readouterr().err
+    assert _run(tiny_bundle, "--out", str(tmp_path / "no" / "such" / "dir" / "c.mp4")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert _run(tmp_path / "not-a-bundle", "--out", str(tmp_path / "c.mp4")) == 2
+    assert "not-a-bundle" in capsys.readouterr().err
