@@ -1,18 +1,22 @@
 """Benchmarks: per-component latency measured inside the real streaming loop, side by side.
 
-Every backend × precision combination runs in its own fresh Python process (so its peak RSS and
-GPU memory are its own, and one library's thread pools or allocators cannot slow the next), and
-is timed through the runtime's hooks (`edgegen.runtime.generator.Hooks`): the figures are the
-stream a user gets, not a separate toy loop.
+Every backend × precision combination runs in its own fresh Python process (spawned), so its peak
+RSS is its own and one library's thread pools or allocators cannot touch another's. The figures
+come from the runtime's hooks (`edgegen.runtime.generator.Hooks`): the stream a user gets, not a
+separate toy loop.
 
-What one combination's worker measures:
-- load: bundle read + checksum verify, then each component's `Backend.open` (engine build or
-  cache load for TensorRT, checkpoint load for torch), timed separately;
-- `warmup` whole streams, discarded (first-call allocations, lazy kernel selection, CUDA graphs);
-- `repeat` whole streams of `frames` frames, with per-call latencies from the hooks: the text
-  encoder, every denoising step (per step index and pooled), the commit pass, the VAE decode per
-  chunk; the first-frame latency (stream start → first chunk decoded); the whole generation's
-  wall time, and from it frames per second and the real-time factor (fps / the bundle's fps).
+Order of work, built for a noisy, shared machine:
+1. load and warm up the combinations one at a time: bundle read + checksum verify, then each
+   component's `Backend.open` (engine build or cache load for TensorRT, checkpoint load for
+   torch), timed separately; `warmup` whole clips, discarded (first-call allocations, kernel
+   selection, CUDA graph capture). GPU memory is sampled over this phase, one worker at a time.
+2. the timed clips run in rounds: one whole clip per combination per round, the order rotating,
+   so a change in the machine's load lands on every combination alike instead of on whichever
+   happened to run then. The other workers wait idle (blocked on a pipe) meanwhile.
+3. each worker summarizes: per-call latency of the text encoder, every denoising step (per step
+   index and pooled), the commit pass, the VAE decode per chunk; the first-frame latency; the
+   whole clip's wall time, and from it frames per second and the real-time factor (fps / the
+   bundle's fps); peak RSS; process CPU time over wall time (how much of the machine it got).
 
 Clocks: `time.perf_counter` around each call, read by the streaming loop itself. On the CPU a
 call is synchronous. On a GPU every call returns only after the device work is done (TensorRT
@@ -36,18 +40,20 @@ import ctypes
 import io
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import resource
-import subprocess
+import signal
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,7 @@ from edgegen.runtime.generator import (
     Hooks,
     StepEvent,
     TextEvent,
+    choose_precision,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,8 @@ PERCENTILES = (50, 90, 95, 99)
 # Per-call latencies (ms) in each result, in table order.
 COMPONENTS = ("text_encoder", "denoise_step", "commit", "vae_decode", "first_frame", "generate")
 CHART_COMPONENTS = ("denoise_step", "commit", "vae_decode")
+# Pause between two workers' turns: the previous one's thread pool stops spinning before the next starts.
+SETTLE_S = 0.05
 LIBRARIES = ("edgegen", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "onnx", "pillow")
 
 
@@ -213,29 +222,24 @@ class GpuMemoryPeak:
 
 
 # ---------------------------------------------------------------------------------------------
-# One combination (runs inside its own worker process)
+# One combination per process (the worker side)
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything a worker needs to benchmark one backend × precision (JSON-serializable)."""
+    """Everything a worker needs to benchmark one backend × precision (picklable)."""
 
     bundle: str
     backend: str
     precision: str
     steps: int
     frames: int
-    repeat: int
-    warmup: int
     prompt: str = DEFAULT_PROMPT
     seed: int = 0
-    progress: bool = True
 
 
 def load_timed(spec: RunSpec) -> tuple[Generator, dict[str, Any]]:
     """A Generator built step by step (as `Generator.load` does) so each part of loading is timed."""
-    from edgegen.runtime.generator import choose_precision
-
     start = time.perf_counter()
     bundle = load_bundle(spec.bundle)
     bundle_s = time.perf_counter() - start
@@ -252,88 +256,125 @@ def load_timed(spec: RunSpec) -> tuple[Generator, dict[str, Any]]:
     return gen, {"load": load, "threads": threads if isinstance(threads, int) else None}
 
 
-def run_streams(gen: Generator, spec: RunSpec) -> tuple[Recorder, list[float]]:
-    """Warm-up streams (discarded), then `repeat` timed streams; (hook recorder, whole-clip seconds)."""
-    from tqdm import tqdm
+class Measurement:
+    """A loaded combination and everything its timed clips recorded (lives in the worker)."""
 
-    recorder, clips = Recorder(spec.steps), []
-    label = f"{spec.backend} {spec.precision}"
-    with tqdm(total=spec.warmup + spec.repeat, desc=label, unit="clip", disable=not spec.progress, file=sys.stderr, leave=False) as bar:
-        for i in range(spec.warmup + spec.repeat):
-            hooks = recorder if i >= spec.warmup else None
-            start = time.perf_counter()
-            for _ in gen.stream(spec.prompt, seed=spec.seed + i, frames=spec.frames, steps=spec.steps, hooks=hooks):
-                pass
-            if i >= spec.warmup:
-                clips.append(time.perf_counter() - start)
-            bar.update()
-    return recorder, clips
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.rss_start = current_rss_bytes()
+        self.gen, self.loaded = load_timed(spec)
+        self.recorder = Recorder(spec.steps)
+        self.clips: list[float] = []
+        self.cpu_s = 0.0
+        self._clips_run = 0
+
+    def clip(self, timed: bool) -> None:
+        """Generate one whole clip; a timed one feeds the hooks' recorder and the clip clock."""
+        spec, seed = self.spec, self.spec.seed + self._clips_run
+        self._clips_run += 1
+        hooks = self.recorder if timed else None
+        cpu, start = time.process_time(), time.perf_counter()
+        for _ in self.gen.stream(spec.prompt, seed=seed, frames=spec.frames, steps=spec.steps, hooks=hooks):
+            pass
+        if timed:
+            self.clips.append(time.perf_counter() - start)
+            self.cpu_s += time.process_time() - cpu
+
+    def result(self) -> dict[str, Any]:
+        """The combination's figures (status ok): latencies, throughput, memory, load, CPU use."""
+        rec, bundle, wall = self.recorder, self.gen.bundle, sum(self.clips)
+        fps = self.spec.frames / float(np.median(self.clips))
+        steady = summarize(rec.later_chunks)
+        return {
+            "backend": self.spec.backend,
+            "precision": self.gen.precision,
+            "status": "ok",
+            "reason": None,
+            **self.loaded,
+            "latency": {
+                "text_encoder": summarize(rec.text),
+                "denoise_step": summarize([s for per_step in rec.steps for s in per_step]),
+                "commit": summarize(rec.commit),
+                "vae_decode": summarize(rec.decode),
+                "first_frame": summarize(rec.first_frame),
+                "generate": summarize(self.clips),
+            },
+            "denoise_steps": [summarize(per_step) for per_step in rec.steps],
+            "throughput": {
+                "fps": fps,
+                "steady_fps": bundle.chunk_frames / (steady["p50_ms"] / 1e3) if steady else None,
+                "realtime_factor": fps / bundle.fps,
+            },
+            "memory": {"rss_start_bytes": self.rss_start, "peak_rss_bytes": peak_rss_bytes(), "gpu": None},
+            "cpu": {"wall_s": wall, "process_cpu_s": self.cpu_s, "utilization": self.cpu_s / wall if wall else None},
+        }
 
 
-def measure(spec: RunSpec) -> dict[str, Any]:
-    """Benchmark one combination in this process: load, warm up, time; a result dict (status ok)."""
-    rss_start = current_rss_bytes()
-    with GpuMemoryPeak() as gpu:
-        gen, loaded = load_timed(spec)
-        recorder, clips = run_streams(gen, spec)
-    bundle = gen.bundle
-    latency = {
-        "text_encoder": summarize(recorder.text),
-        "denoise_step": summarize([s for per_step in recorder.steps for s in per_step]),
-        "commit": summarize(recorder.commit),
-        "vae_decode": summarize(recorder.decode),
-        "first_frame": summarize(recorder.first_frame),
-        "generate": summarize(clips),
-    }
-    fps = spec.frames / float(np.median(clips))
-    steady = summarize(recorder.later_chunks)
-    steady_fps = bundle.chunk_frames / (steady["p50_ms"] / 1e3) if steady else None
-    return {
-        "backend": spec.backend,
-        "precision": gen.precision,
-        "status": "ok",
-        "reason": None,
-        **loaded,
-        "latency": latency,
-        "denoise_steps": [summarize(per_step) for per_step in recorder.steps],
-        "throughput": {"fps": fps, "steady_fps": steady_fps, "realtime_factor": fps / bundle.fps},
-        "memory": {"rss_start_bytes": rss_start, "peak_rss_bytes": peak_rss_bytes(), "gpu": gpu.result()},
-    }
+def serve(spec: RunSpec, conn: Connection, log_level: int) -> None:
+    """A worker process's main loop: load, say "ready", then obey "warmup" / "clip" / "finish".
 
-
-def worker_main(spec_path: str, result_path: str) -> int:
-    """Entry point of a worker process: measure one combination, write its result as JSON."""
-    spec = RunSpec(**json.loads(Path(spec_path).read_text()))
+    Every reply is (status, payload): ("ready", None), ("done", None), ("result", dict) or
+    ("failed", reason). SIGINT is ignored here: the parent handles Ctrl-C and stops its workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr, force=True)
     try:
-        result = measure(spec)
-    except UserError as exc:  # unavailable, bad bundle, torch weights missing...: reported, not fatal
-        result = {"backend": spec.backend, "precision": spec.precision, "status": "failed", "reason": str(exc)}
-    Path(result_path).write_text(json.dumps(result))
-    return 0
+        measurement = Measurement(spec)
+        conn.send(("ready", None))
+        while (command := conn.recv()) != "finish":
+            measurement.clip(timed=command == "clip")
+            conn.send(("done", None))
+        conn.send(("result", measurement.result()))
+    except UserError as exc:  # unavailable here, bad bundle, missing weights: reported, not fatal
+        conn.send(("failed", str(exc)))
+    except Exception as exc:  # a library failing mid-run: this combination fails, the others go on
+        log.debug("worker %s %s failed", spec.backend, spec.precision, exc_info=True)
+        conn.send(("failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"))
+    finally:
+        conn.close()
 
 
-def run_isolated(spec: RunSpec, log_level: int = logging.INFO) -> dict[str, Any]:
-    """Run `measure(spec)` in a fresh Python process and return its result dict."""
-    with tempfile.TemporaryDirectory(prefix="edgegen-bench-") as tmp:
-        spec_path, result_path = Path(tmp, "spec.json"), Path(tmp, "result.json")
-        spec_path.write_text(json.dumps(asdict(spec)))
-        code = (
-            "import logging, sys; "
-            f"logging.basicConfig(level={int(log_level)}, format='%(message)s', stream=sys.stderr); "
-            "from edgegen.runtime.bench import worker_main; "
-            "sys.exit(worker_main(sys.argv[1], sys.argv[2]))"
-        )
-        proc = subprocess.Popen([sys.executable, "-c", code, str(spec_path), str(result_path)], stdin=subprocess.DEVNULL)
+# ---------------------------------------------------------------------------------------------
+# One combination per process (the parent side)
+
+
+class Worker:
+    """The parent's handle on one combination's process (spawned: a fresh interpreter)."""
+
+    def __init__(self, spec: RunSpec, log_level: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.spec = spec
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve, args=(spec, child, log_level), name=f"bench {spec.backend} {spec.precision}", daemon=True)
+        self.process.start()
+        child.close()
+        self.failure: str | None = None
+
+    def request(self, command: str | None) -> Any:
+        """Send `command` (None: just wait for the first reply) and return the reply's payload.
+
+        A failure reply or a dead process sets `failure` (the reason) and returns None.
+        """
+        if self.failure is not None:
+            return None
         try:
-            returncode = proc.wait()
-        finally:  # Ctrl-C or SIGTERM in the parent: do not leave the worker running
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
-        if returncode != 0 or not result_path.is_file():
-            reason = f"the worker process exited with code {returncode} (see its messages above)"
-            return {"backend": spec.backend, "precision": spec.precision, "status": "failed", "reason": reason}
-        return json.loads(result_path.read_text())
+            if command is not None:
+                self.conn.send(command)
+            status, payload = self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            self.process.join(5)
+            status, payload = "failed", f"the worker process died (exit code {self.process.exitcode})"
+        if status == "failed":
+            self.failure = payload
+            return None
+        return payload
+
+    def close(self) -> None:
+        self.conn.close()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,32 +436,27 @@ class Settings:
     warmup: int = 1
     prompt: str = DEFAULT_PROMPT
     seed: int = 0
-    progress: bool = True
+    progress: bool = False
     command: str = ""
 
 
 def run_benchmark(settings: Settings) -> dict[str, Any]:
-    """Plan, run each combination in a fresh process, add speed-ups against the baseline: the report."""
+    """Plan, measure every runnable combination (each in its own process), add speed-ups: the report."""
     _check_counts(settings)
     bundle = load_bundle(settings.bundle)
     steps = settings.steps if settings.steps is not None else bundle.default_steps
     if steps not in bundle.steps_available:
         raise UserError(f"--steps {steps} is not supported by this bundle; valid: {', '.join(map(str, bundle.steps_available))}")
     machine = describe_machine()  # before the runs: the load average says how busy the machine was
-    results = []
     combos = plan(bundle, settings.backends, settings.precisions)
-    for i, combo in enumerate(combos, 1):
+    for combo in combos:
         if combo.skip is not None:
-            log.info("[%d/%d] %s %s: skipped (%s)", i, len(combos), combo.backend, combo.precision, combo.skip)
-            results.append({"backend": combo.backend, "precision": combo.precision, "status": "skipped", "reason": combo.skip})
-            continue
-        log.info("[%d/%d] %s %s: running in a fresh process", i, len(combos), combo.backend, combo.precision)
-        spec = RunSpec(str(bundle.path), combo.backend, combo.precision, steps, settings.frames, settings.repeat,
-                       settings.warmup, settings.prompt, settings.seed, settings.progress)
-        result = run_isolated(spec, logging.getLogger().getEffectiveLevel())
-        if result["status"] == "failed":
-            log.warning("%s %s failed: %s", combo.backend, combo.precision, result["reason"])
-        results.append(result)
+            log.info("%s %s: skipped (%s)", combo.backend, combo.precision, combo.skip)
+    specs = [RunSpec(str(bundle.path), c.backend, c.precision, steps, settings.frames, settings.prompt, settings.seed)
+             for c in combos if c.skip is None]
+    measured = iter(measure_interleaved(specs, settings.warmup, settings.repeat, settings.progress))
+    results = [next(measured) if c.skip is None else
+               {"backend": c.backend, "precision": c.precision, "status": "skipped", "reason": c.skip} for c in combos]
     add_speedups(results)
     return {
         "schema": SCHEMA,
@@ -434,6 +470,46 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         "baseline": {"backend": BASELINE[0], "precision": BASELINE[1]},
         "results": results,
     }
+
+
+def measure_interleaved(specs: Sequence[RunSpec], warmup: int, repeat: int, progress: bool = False) -> list[dict[str, Any]]:
+    """One result per spec, in order. Workers load and warm up one at a time (so load time and GPU
+    memory are each one's own); then the timed clips run in rounds, one clip per combination per
+    round, the order rotating, so a change in the machine's load hits every combination alike."""
+    from tqdm import tqdm
+
+    level = logging.getLogger().getEffectiveLevel()
+    workers: list[Worker] = []
+    gpu: list[dict[str, int] | None] = []
+    with tqdm(total=len(specs) * (1 + warmup + repeat), unit="clip", disable=not progress, file=sys.stderr) as bar:
+        try:
+            for spec in specs:
+                bar.set_description(f"load {spec.backend} {spec.precision}")
+                with GpuMemoryPeak() as peak:
+                    workers.append(Worker(spec, level))
+                    for command in [None] + ["warmup"] * warmup:
+                        workers[-1].request(command)
+                        bar.update()
+                gpu.append(peak.result())
+            for turn in range(repeat):
+                for worker in workers[turn % len(workers):] + workers[: turn % len(workers)]:
+                    bar.set_description(f"{worker.spec.backend} {worker.spec.precision}")
+                    worker.request("clip")
+                    bar.update()
+                    time.sleep(SETTLE_S)
+            return [_finish(worker, gpu_result) for worker, gpu_result in zip(workers, gpu, strict=True)]
+        finally:
+            for worker in workers:
+                worker.close()
+
+
+def _finish(worker: Worker, gpu: dict[str, int] | None) -> dict[str, Any]:
+    result = worker.request("finish")
+    if worker.failure is not None:
+        log.warning("%s %s failed: %s", worker.spec.backend, worker.spec.precision, worker.failure)
+        return {"backend": worker.spec.backend, "precision": worker.spec.precision, "status": "failed", "reason": worker.failure}
+    result["memory"]["gpu"] = gpu
+    return result
 
 
 def _check_counts(settings: Settings) -> None:
@@ -585,7 +661,8 @@ def _result_rows(r: Mapping[str, Any], frames: int) -> list[str]:
     steady = f" (steady {t['steady_fps']:.1f})" if t["steady_fps"] else ""
     rows.append(
         f"{'':16} {t['fps']:.1f} fps{steady}, real-time factor {t['realtime_factor']:.2f}x; load {load['total_s']:.2f} s; "
-        f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (+{(mem['peak_rss_bytes'] - mem['rss_start_bytes']) / 2**20:.0f}){gpu}"
+        f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (+{(mem['peak_rss_bytes'] - mem['rss_start_bytes']) / 2**20:.0f}){gpu}; "
+        f"CPU {r['cpu']['utilization']:.2f} cores busy"
     )
     return rows
 
@@ -684,7 +761,7 @@ _STATS = {
 }
 _RATIO = {"type": ["object", "null"], "required": ["p50", "p95"], "properties": {"p50": _NUM, "p95": _NUM}}
 _OK_RESULT = {
-    "required": ["latency", "denoise_steps", "throughput", "memory", "load", "threads", "speedup"],
+    "required": ["latency", "denoise_steps", "throughput", "memory", "load", "threads", "cpu", "speedup"],
     "properties": {
         "latency": {"type": "object", "required": list(COMPONENTS), "properties": {c: _STATS for c in COMPONENTS}},
         "denoise_steps": {"type": "array", "minItems": 1, "items": _STATS},
@@ -708,6 +785,11 @@ _OK_RESULT = {
             "properties": {"sessions_s": {"type": "object", "required": list(STREAM_COMPONENTS)}},
         },
         "threads": {"type": ["integer", "null"]},
+        "cpu": {
+            "type": "object",
+            "required": ["wall_s", "process_cpu_s", "utilization"],
+            "properties": {"wall_s": _NUM, "process_cpu_s": _NUM, "utilization": {"type": ["number", "null"]}},
+        },
         "speedup": {"type": "object", "required": list(COMPONENTS), "properties": {c: _RATIO for c in COMPONENTS}},
     },
 }

@@ -189,3 +189,11 @@ def test_recorder_sees_every_call_of_a_real_stream(bundle_dir: Path) -> None:
     assert len(recorder.commit) == 2 and len(recorder.decode) == 3
     assert len(recorder.first_frame) == 1 and len(recorder.later_chunks) == 2
     assert recorder.first_frame[0] > recorder.text[0] + recorder.steps[0][0]
+
+
+def test_a_failing_worker_is_reported_and_the_others_go_on(bundle_dir: Path) -> None:
+    """The fp8 worker fails at load (the bundle has no fp8); the fp32 one still runs its rounds."""
+    specs = [bench.RunSpec(str(bundle_dir), "ort-cpu", p, steps=1, frames=4) for p in ("fp8", "fp32")]
+    failed, ok = bench.measure_interleaved(specs, warmup=0, repeat=2)
+    assert failed["status"] == "failed" and "fp8" in failed["reason"]
+    assert ok["status"] == "ok" and ok["latency"]["generate"]["n"] == 2 and ok["latency"]["commit"] is None
