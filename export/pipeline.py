@@ -1,10 +1,10 @@
 """`edgegen export`: torch components → a checked ONNX bundle, in cached stages.
 
 Per component and precision: trace (fp32) or convert (fp16) → onnxslim → onnx.checker (full) →
-TensorRT parser tables (10.3 and 11) → save. Then parity on real inputs (per component against
-torch, end to end against the torch run of the same loop) and, only if every figure holds, the
-tokenizer and `manifest.json` (written last and atomically, so a folder with a manifest is a
-bundle that passed). One log line per stage.
+TensorRT parser tables (10.3 and 11) → save; one log line each. Then parity on real inputs (each
+component against torch on inputs captured from a streaming run; end to end, the ORT runtime's
+clip against the torch reference pipeline's) and, only if every figure holds, `manifest.json`
+(written last and atomically, so a folder with a manifest is a bundle that passed).
 
 Stage cache: each ONNX file carries a stamp in its metadata (checkpoint sha256, component,
 precision, opset, exporter, slim, torch/onnx versions); a file whose stamp matches is reused, so
@@ -182,8 +182,12 @@ def _trt_versions_for(opset: int) -> list[str]:
 def _prepare_folder(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder for the bundle")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists() and not any(out.glob("*.onnx")):
-        raise UserError(f"--out {out} is a non-empty folder that is not a bundle; pick an empty or new folder")
+    if out.is_dir():
+        # A bundle folder (an earlier export) is reused; checkpoints may sit beside a bundle
+        # (the shipped default: edgegen/assets/default/ holds both). Anything else is not ours.
+        foreign = [p.name for p in out.iterdir() if not (p.name == MANIFEST or p.suffix in (".onnx", ".json", ".safetensors") or p.name.endswith(".partial"))]
+        if foreign:
+            raise UserError(f"--out {out} holds {foreign[0]!r}, which no bundle has; pick an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes last: while the export runs (or if it fails), the folder is not a bundle.
     (out / MANIFEST).unlink(missing_ok=True)

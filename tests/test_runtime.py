@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import subprocess
@@ -208,6 +209,8 @@ def test_runtime_streams_with_torch_unimportable(tiny_bundle: Path) -> None:
         gen = Generator.load({str(tiny_bundle)!r}, backend="auto")
         frames = list(gen.stream("a red ball moving right", seed=0, frames=5))
         assert len(frames) == 5 and frames[0].dtype.name == "uint8"
+        import hashlib, numpy
+        digest = hashlib.sha256(numpy.stack(frames).tobytes()).hexdigest()
         try:
             edgegen.runtime.backends.resolve("torch")
         except BackendUnavailable as exc:
@@ -215,11 +218,14 @@ def test_runtime_streams_with_torch_unimportable(tiny_bundle: Path) -> None:
         else:
             raise AssertionError("the torch backend resolved without torch")
         assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
-        print("ok", gen.backend, gen.precision)
+        print("ok", gen.backend, gen.precision, digest)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok ort-cpu fp32")
+    # same prompt + seed + backend + precision: the same frames in another process
+    here = Generator.load(tiny_bundle, backend="ort-cpu").generate("a red ball moving right", seed=0, frames=5)
+    assert out.stdout.split()[-1] == hashlib.sha256(here.tobytes()).hexdigest()
 
 
 def test_no_torch_import_anywhere_under_runtime() -> None:
