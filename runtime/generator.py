@@ -10,8 +10,8 @@ Per chunk (DESIGN.md, "Streaming with a rolling KV cache"):
 
 Decoding runs before the commit pass, so a chunk's frames go out one denoiser forward earlier; the
 commit of the last chunk of a bounded stream is skipped (nothing would read it). Both change no
-numbers. The loop is backend-agnostic (StreamDiffusion-style duck typing): it calls only
-`Session.run`.
+numbers. The loop is backend-agnostic (StreamDiffusion-style duck typing): it calls
+`Session.run`, or a session's per-stream device binding when it offers `bind()`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from edgegen.bundle import Bundle, ComponentEntry, default_bundle_path, load_bun
 from edgegen.errors import PromptError, UserError
 from edgegen.runtime import backends
 from edgegen.tokenizer import Tokenizer
+from edgegen.world import parse_prompt
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +174,6 @@ def choose_precision(bundle: Bundle, backend: backends.Backend, requested: str |
 # Generator
 
 
-def _parse_world(prompt: str) -> None:
-    """Reject prompts the world cannot express (e.g. three objects) when the world parser exists."""
-    try:
-        from edgegen.world import parse_prompt
-    except ImportError:  # the world module is optional for a bare runtime install
-        return
-    parse_prompt(prompt)
-
-
 @dataclass(frozen=True)
 class Generator:
     """A loaded bundle on one backend at one precision. Immutable and shareable across threads."""
@@ -214,7 +206,7 @@ class Generator:
         if not isinstance(prompt, str):
             raise PromptError(f"the prompt must be a string, not {type(prompt).__name__}")
         tokens = self.tokenizer.encode(prompt)  # unknown word → PromptError naming it
-        _parse_world(prompt)
+        parse_prompt(prompt)  # what the world cannot show (three objects, two motions) → PromptError
         return tokens
 
     def check_steps(self, steps: int | None) -> int:
