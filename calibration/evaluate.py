@@ -33,36 +33,63 @@ Feeds = Mapping[str, np.ndarray]
 # Sessions
 
 
-class _OrtSimSession:
-    """ORT CPU at the basic optimisation level: runs FP8 Q/DQ as simulated (fake) quantization.
+class OrtFileSession:
+    """One ONNX file on ORT CPU behind the runtime's Session protocol.
 
+    `simulate`: the basic optimisation level, which runs FP8 Q/DQ as simulated (fake) quantization.
     At ORT_ENABLE_ALL, onnxruntime 1.31 rewrites float8 DQ→MatMul into MatMulIntegerToFloat and
-    then rejects its own graph; the basic level keeps plain Q/DQ, which the CPU kernels run."""
+    then rejects its own graph. `threads=1` runs on the calling thread, so `time.thread_time()`
+    measures the session's own CPU time, immune to other processes on the machine."""
 
-    def __init__(self, path: str, output_names: Sequence[str]) -> None:
+    def __init__(self, path: str | Path, output_names: Sequence[str], *, simulate: bool = False, threads: int = 0) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        if simulate:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._names = list(output_names)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._names, self._session.run(self._names, dict(feeds)), strict=True))
 
 
-def generator(bundle: Bundle, precision: str) -> Any:
-    """A Generator on ORT CPU; fp8 (no CPU kernels) runs simulated, see `_OrtSimSession`."""
+VARIANT = "ort-cpu"  # the manifest key of a component's ORT-CPU-only file
+
+
+def component_file(bundle: Bundle, precision: str, component: str, *, variant: bool = False) -> Path:
+    """The component's file at `precision`; with `variant`, its ORT-CPU-only file when it has one."""
+    entry = bundle.component(precision, component)
+    spec = bundle.precision_info(precision)["components"][component]
+    if variant and VARIANT in spec.get("variants", {}):
+        return bundle.file(spec["variants"][VARIANT]["file"])
+    return bundle.file(entry.file)
+
+
+def sessions_for(bundle: Bundle, precision: str, components: Sequence[str], *, variant: bool = False, threads: int = 0) -> dict[str, Any]:
+    entries = {c: bundle.component(precision, c) for c in components}
+    return {
+        c: OrtFileSession(component_file(bundle, precision, c, variant=variant), e.output_names,
+                          simulate=precision == "fp8", threads=threads)
+        for c, e in entries.items()
+    }
+
+
+def generator(bundle: Bundle, precision: str, *, variant: bool = False) -> Any:
+    """A Generator on ORT CPU. The runtime's own backend for plain int8/fp32; our sessions for
+    fp8 (simulated) and for the ORT-CPU variant files (the runtime does not read them yet)."""
     from edgegen.runtime.generator import STREAM_COMPONENTS, Generator
 
-    if precision != "fp8":
+    if precision != "fp8" and not variant:
         return Generator.load(bundle, backend="ort-cpu", precision=precision)
-    sessions = {}
-    for name in STREAM_COMPONENTS:
-        entry = bundle.component(precision, name)
-        sessions[name] = _OrtSimSession(str(bundle.file(entry.file)), entry.output_names)
-    return Generator(bundle=bundle, backend="ort-cpu (simulated fp8)", precision=precision, tokenizer=bundle.tokenizer(), sessions=sessions)
+    sessions = sessions_for(bundle, precision, STREAM_COMPONENTS, variant=variant)
+    label = "ort-cpu (simulated fp8)" if precision == "fp8" else "ort-cpu (variant files)"
+    return Generator(bundle=bundle, backend=label, precision=precision, tokenizer=bundle.tokenizer(), sessions=sessions)
 
 
 def ort_session_for(path: str | Path, *, simulate: bool = False) -> Any:
@@ -74,11 +101,6 @@ def ort_session_for(path: str | Path, *, simulate: bool = False) -> Any:
     if simulate:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def component_sessions(bundle: Bundle, precision: str, components: Sequence[str]) -> dict[str, Any]:
-    gen = generator(bundle, precision)
-    return {name: gen.sessions[name] for name in components if name in gen.sessions}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,27 +151,44 @@ def clips(gen: Any, prompts: Sequence[str], seeds: Sequence[int], frames: int, s
     return [gen.generate(p, seed=s, frames=frames, steps=steps) for p, s in zip(prompts, seeds, strict=True)]
 
 
-def judge_accuracy(prompts: Sequence[str], videos: Sequence[np.ndarray], fps: int) -> dict[str, float] | None:
-    """Per-attribute accuracy (percent) of the judge on these clips; None if no judge is installed."""
+def judge_accuracy(prompts: Sequence[str], videos: Sequence[np.ndarray]) -> dict[str, float] | None:
+    """The judge's accuracy (percent) per attribute over these clips, plus object count and the
+    whole-prompt pass rate; None when this install has no judge."""
     try:
-        from edgegen import judge
-    except ImportError:
+        from edgegen import judge as judge_module
+        from edgegen.world import parse_prompt
+    except ImportError as exc:
+        log.warning("no judge (%s): judge accuracy not measured", exc)
         return None
-    for name in ("attribute_accuracy", "accuracy"):
-        fn = getattr(judge, name, None)
-        if callable(fn):
-            result = fn(list(prompts), list(videos))
-            return {k: float(v) for k, v in dict(result).items()}
-    return None
+    judge_fn = getattr(judge_module, "judge", None)
+    if not callable(judge_fn):
+        log.warning("edgegen.judge has no judge(video, scene): judge accuracy not measured")
+        return None
+    attributes = tuple(getattr(judge_module, "ATTRIBUTES", ("colour", "shape", "size", "motion")))
+    right: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for prompt, video in zip(prompts, videos, strict=True):
+        result = judge_fn(video, parse_prompt(prompt))
+        marks = {a: result.attribute(a) for a in attributes}
+        marks["count"] = bool(result.count)
+        marks["all"] = bool(result.passed)
+        for name, ok in marks.items():
+            if ok is None:  # the prompt leaves it unspecified
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            right[name] = right.get(name, 0) + int(bool(ok))
+    return {name: 100.0 * right[name] / seen[name] for name in seen}
 
 
 def end_to_end(
-    bundle: Bundle, precision: str, prompts: Sequence[str], seeds: Sequence[int], frames: int, steps: int | None
+    bundle: Bundle, precision: str, prompts: Sequence[str], seeds: Sequence[int], frames: int, steps: int | None,
+    *, variant: bool = False, reference: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Clips at fp32 and `precision` for the same prompts/seeds: PSNR and judge accuracy of both."""
     compare = _compare()
-    reference = clips(generator(bundle, "fp32"), prompts, seeds, frames, steps)
-    quantized = clips(generator(bundle, precision), prompts, seeds, frames, steps)
+    if reference is None:
+        reference = clips(generator(bundle, "fp32"), prompts, seeds, frames, steps)
+    quantized = clips(generator(bundle, precision, variant=variant), prompts, seeds, frames, steps)
     values = [compare(a, b) for a, b in zip(quantized, reference, strict=True)]
     finite = [v for v in values if math.isfinite(v)]
     result: dict[str, Any] = {
@@ -161,8 +200,8 @@ def end_to_end(
         "mean_psnr_db": float(np.mean(finite)) if finite else math.inf,
         "min_psnr_db": float(min(finite)) if finite else math.inf,
     }
-    fp32_acc = judge_accuracy(prompts, reference, bundle.fps)
-    q_acc = judge_accuracy(prompts, quantized, bundle.fps)
+    fp32_acc = judge_accuracy(prompts, reference)
+    q_acc = judge_accuracy(prompts, quantized)
     if fp32_acc is None or q_acc is None:
         result["judge"] = None
     else:
@@ -176,12 +215,14 @@ def end_to_end(
 
 
 def interleaved_latency(
-    sessions: Mapping[str, Any], feeds: Sequence[Feeds], *, warmup: int = 10, rounds: int = 15, per_round: int = 10
+    sessions: Mapping[str, Any], feeds: Sequence[Feeds], *, warmup: int = 10, rounds: int = 15, per_round: int = 10,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Median seconds per call of each session, measured in interleaved rounds on the same feeds.
 
     Returns per session the median of the per-round medians, and for every session after the
-    first the median over rounds of (first / this) — the speedup, robust to machine-wide drift."""
+    first the median over rounds of (first / this) — the speedup, robust to machine-wide drift.
+    `clock=time.thread_time` with single-threaded sessions measures CPU time instead of wall time."""
     names = list(sessions)
     for name in names:
         for i in range(warmup):
@@ -192,12 +233,12 @@ def interleaved_latency(
             times = []
             for i in range(per_round):
                 feed = feeds[i % len(feeds)]
-                start = time.perf_counter()
+                start = clock()
                 sessions[name].run(feed)
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
             per[name].append(statistics.median(times))
     base = names[0]
-    result: dict[str, Any] = {"rounds": rounds, "calls_per_round": per_round, "warmup": warmup}
+    result: dict[str, Any] = {"rounds": rounds, "calls_per_round": per_round, "warmup": warmup, "clock": clock.__name__}
     for name in names:
         result[name] = {"median_ms": 1e3 * statistics.median(per[name]), "min_round_ms": 1e3 * min(per[name])}
         if name != base:

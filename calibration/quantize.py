@@ -184,7 +184,8 @@ def preprocess(src: Path, dst: Path) -> onnx.ModelProto:
     return model
 
 
-def compute_ranges(model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], sch: Scheme, cache_path: Path) -> None:
+def compute_ranges(model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], sch: Scheme, cache_path: Path,
+                   *, symmetric: bool = True) -> None:
     """Run ORT's calibrator over `feeds` and save the activation ranges as ORT's JSON cache."""
     from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 
@@ -194,7 +195,7 @@ def compute_ranges(model_path: Path, feeds: Sequence[Mapping[str, np.ndarray]], 
             list(QUANT_OPS),
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=sch.calibrate_method,
-            extra_options={"symmetric": True},
+            extra_options={"symmetric": symmetric},
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             calibrator.collect_data(FeedReader(feeds))
@@ -301,3 +302,82 @@ def check_qdq(model: onnx.ModelProto, precision: str) -> QdqSummary:
                         summary.problems.append(f"{where} feeds the bias of {user.name!r}")
     summary.quantized_nodes = [n.name for n in model.graph.node if n.name in quantized]
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# What ORT CPU really runs
+
+
+# Kernels that compute in 8-bit integers on ORT CPU (the fused forms of Q/DQ patterns).
+INTEGER_KERNELS = frozenset({
+    "MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+    "QLinearConv", "ConvInteger", "QGemm", "QLinearConvTranspose",
+})
+
+
+def ort_kernels(model: onnx.ModelProto | Path) -> dict[str, str]:
+    """Node name → op type in ORT CPU's optimised graph (fused nodes keep the anchor node's name)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgegen-ort-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable form
+        options.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return {n.name: n.op_type for n in optimized.graph.node}
+
+
+def fake_quantized(model: onnx.ModelProto | Path, quantized: Iterable[str]) -> list[str]:
+    """Quantized nodes ORT CPU does not turn into an integer kernel: it runs them in float behind
+    Q→DQ pairs (and dequantizes their weights on every call): pure overhead on the CPU."""
+    kernels = ort_kernels(model)
+    return [name for name in quantized if kernels.get(name) not in INTEGER_KERNELS]
+
+
+# ---------------------------------------------------------------------------------------------
+# ORT-CPU-only variants (not for TensorRT): what makes ORT's CPU kernels fast
+
+
+ORT_VARIANTS = ("qdq-u8", "dynamic")
+
+
+def quantize_ort_variant(model_path: Path, out_path: Path, kind: str, ranges_u8: Path | None, *,
+                         exclude: Iterable[str] = (), op_types: Sequence[str] = QUANT_OPS) -> onnx.ModelProto:
+    """An int8 file for ONNX Runtime's CPU kernels only.
+
+    - "qdq-u8": static Q/DQ with asymmetric uint8 activations on inputs *and outputs*, so ORT
+      fuses QLinearConv / QLinearMatMul (with inputs-only Q/DQ it cannot fuse Conv at all, and
+      with int8 activations its QLinearConv takes a slow path).
+    - "dynamic": weights int8, activations quantized per call inside DynamicQuantizeMatMul
+      (MatMul only; no calibration ranges; one fused kernel per layer).
+    Neither is TensorRT-consumable (uint8 zero points, com.microsoft ops).
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    root = logging.getLogger()
+    root.disabled, was = True, root.disabled
+    try:
+        if kind == "dynamic":
+            quantize_dynamic(str(model_path), str(out_path), op_types_to_quantize=["MatMul"], per_channel=False,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+        elif kind == "qdq-u8":
+            assert ranges_u8 is not None
+            quantize_static(str(model_path), str(out_path), None, calibration_cache_path=str(ranges_u8),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
+                            extra_options={"WeightSymmetric": True, "QuantizeBias": False})
+        else:
+            raise ValueError(f"unknown ORT variant {kind!r}")
+    finally:
+        root.disabled = was
+    return onnx.load(str(out_path))
