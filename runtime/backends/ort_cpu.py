@@ -1,8 +1,8 @@
 """ONNX Runtime on the CPU: the backend every install has.
 
 Sessions are created once per component with one intra-op thread per physical core (hyper-threads
-share the FMA units, so more threads only add contention), sequential execution (the graphs are
-chains; parallel branches buy nothing) and every graph optimisation on. ORT's `InferenceSession.run`
+share the FMA units, so more threads only add contention), no spinning between runs, sequential
+execution (the graphs are chains; parallel branches buy nothing) and every graph optimisation on. ORT's `InferenceSession.run`
 is thread-safe, so one session serves every stream of a Generator.
 """
 
@@ -90,6 +90,10 @@ class OrtCpuBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+        # No busy-waiting between runs: the stream's consumer (video encoder, player) and the other
+        # sessions need those cores. Measured on the default denoiser, 2 cores under load:
+        # 4.0 ms median with spinning off, 12.1 ms with it on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     def open(self, bundle: Bundle, component: str, precision: str) -> OrtSession:
