@@ -50,7 +50,7 @@ def _flatten(prefix: str, states: dict[str, dict[str, torch.Tensor]]) -> dict[st
     out = {}
     for module, sd in states.items():
         for k, v in sd.items():
-            out[f"{prefix}.{module}.{k}"] = v.detach().contiguous().cpu()
+            out[f"{prefix}.{module}.{k}"] = v.detach().cpu().clone().contiguous()
     return out
 
 

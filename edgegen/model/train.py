@@ -121,7 +121,8 @@ def fit(
         if before_save is not None:
             for m in ema.values():
                 m.eval()
-            cfg_now, metrics = before_save(ema, step)
+            with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG stream
+                cfg_now, metrics = before_save(ema, step)
             state["cfg"] = cfg_now
         save_checkpoint(
             last, {**trainable, **frozen}, cfg_now, step, optimizer=opt, ema={**ema, **frozen}, kind=stage,

@@ -1,0 +1,207 @@
+"""Block-causal DiT over latent tokens with a rolling K/V cache of the last W clean chunks.
+
+DiT blocks with adaLN-zero (Peebles & Xie 2023) conditioned on timestep embedding + pooled text.
+Attention in every block: queries = this chunk's N tokens; keys/values = [this chunk's tokens,
+the W cached clean chunks (oldest first, masked by `cache_valid`), the text tokens]. Cached K/V
+get a learned per-(layer, slot) embedding added in-graph (slot j holds age W - j), so order is
+known without absolute time positions and a stream can run forever; space is a fixed 2D sin-cos
+embedding added at the input.
+
+Training mirrors the streaming loop exactly (`forward_train`): per clip of T chunks two token
+streams run through the same blocks. The clean (context) stream: clean chunk i attends to itself
++ clean chunks i-1..i-W; its K/V are what the commit pass writes to the cache at inference. The
+noisy stream: noisy chunk i attends to itself + the clean stream's K/V of chunks i-1..i-W. Both
+are built by shifting the clean K/V along T per slot (zero pad + valid mask), the same function
+`forward_chunk` computes one chunk at a time (tests/test_model.py checks parity). In the spirit of
+CausVid (Yin et al. 2025) and Diffusion Forcing (Chen et al. 2024): every noisy chunk has its
+own t, and the clean stream is always labelled t = 0 (= `t_ctx`) even when training adds small
+noise to it, so the model learns to trust-but-verify imperfect context at rollout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgegen.model.config import ModelConfig
+from edgegen.model.text import MLP, attention
+
+NEG = -1e4  # masked-key bias: large but fp16-safe (no -inf: NaN-free softmax when rows are masked)
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position embedding: [h*w, dim] (half the channels for y, half for x)."""
+    assert dim % 4 == 0
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+
+    def emb(pos: torch.Tensor) -> torch.Tensor:
+        a = pos.flatten()[:, None] * omega[None]
+        return torch.cat([a.sin(), a.cos()], dim=1)
+
+    return torch.cat([emb(ys), emb(xs)], dim=1).float()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1] (scaled by 1000 as in DDPM/DiT): [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    a = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([a.cos(), a.sin()], dim=1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        D = cfg.dit_width
+        self.heads = cfg.dit_heads
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(D, 3 * D)
+        self.text_kv = nn.Linear(D, 2 * D)
+        self.proj = nn.Linear(D, D)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(D, int(D * cfg.mlp_ratio))
+        self.ada = nn.Linear(D, 6 * D)
+        self.age = nn.Parameter(torch.randn(2, cfg.window, D) * 0.02)  # (k/v, slot, D): slot j = age W-j
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.ada(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)  # 6 x (M, 1, D)
+
+    def qkv_of(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return self.qkv(modulate(self.norm1(x), mod[0], mod[1])).chunk(3, dim=-1)  # 3 x (M, N, D)
+
+    def attend(self, q, k, v, ctx_k, ctx_v, ctx_bias, txt_k, txt_v) -> torch.Tensor:
+        """q/k/v (M,N,D) this chunk; ctx_k/v (M,W,N,D) raw cached K/V; ctx_bias (M,1,1,W*N); txt (M,L,D)."""
+        M, N, D = q.shape
+        ctx_k = (ctx_k + self.age[0][:, None]).reshape(M, -1, D)  # (M, W*N, D)
+        ctx_v = (ctx_v + self.age[1][:, None]).reshape(M, -1, D)
+        keys = torch.cat([k, ctx_k, txt_k], dim=1)  # (M, N + W*N + L, D)
+        values = torch.cat([v, ctx_v, txt_v], dim=1)
+        zeros_self = torch.zeros_like(ctx_bias[..., :1]).expand(-1, -1, -1, N)
+        zeros_txt = torch.zeros_like(ctx_bias[..., :1]).expand(-1, -1, -1, txt_k.shape[1])
+        bias = torch.cat([zeros_self, ctx_bias, zeros_txt], dim=-1)  # (M, 1, 1, N + W*N + L)
+        return attention(q, keys, values, self.heads, bias)
+
+    def finish(self, x: torch.Tensor, o: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x = x + mod[2] * self.proj(o)
+        return x + mod[5] * self.mlp(modulate(self.norm2(x), mod[3], mod[4]))
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, p, C = cfg.dit_width, cfg.patch, cfg.latent_channels
+        h, w = cfg.latent_size
+        self.hp, self.wp = h // p, w // p
+        self.patch_embed = nn.Conv2d(C, D, p, stride=p)
+        self.register_buffer("pos", sincos_2d(self.hp, self.wp, D), persistent=False)  # (N, D)
+        self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.dit_depth)])
+        self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(D, 2 * D)
+        self.out = nn.Linear(D, p * p * C)
+        for m in (self.ada_out, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # -- pieces shared by both forwards -----------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos  # (M, C, h, w) -> (M, N, D)
+
+    def cond(self, t: torch.Tensor, text_pooled: torch.Tensor) -> torch.Tensor:
+        return self.t_embed(timestep_embedding(t)) + text_pooled  # (M, D)
+
+    def unembed(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada_out(F.silu(c)).unsqueeze(1).chunk(2, dim=-1)
+        x = self.out(modulate(self.norm_out(x), shift, scale))  # (M, N, p*p*C)
+        M, p, C = x.shape[0], self.cfg.patch, self.cfg.latent_channels
+        x = x.reshape(M, self.hp, self.wp, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (M, C, hp, p, wp, p)
+        return x.reshape(M, C, self.hp * p, self.wp * p)
+
+    # -- inference: one chunk against the cache ---------------------------------------------------
+    def forward_chunk(
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_pooled: torch.Tensor,
+        kv_cache: torch.Tensor, cache_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B,C,h,w), t (B,), text (B,L,D), text_pooled (B,D), kv_cache (B,depth,2,W,N,D), cache_valid (B,W)
+        -> velocity (B,C,h,w), this chunk's K/V (B,depth,2,N,D)."""
+        N = self.hp * self.wp
+        h = self.embed(x)  # (B, N, D)
+        c = self.cond(t, text_pooled)
+        ctx_bias = ((1.0 - cache_valid) * NEG).repeat_interleave(N, dim=1)[:, None, None, :]  # (B, 1, 1, W*N)
+        new_kv = []
+        for i, blk in enumerate(self.blocks):
+            mod = blk.modulation(c)
+            q, k, v = blk.qkv_of(h, mod)
+            txt_k, txt_v = blk.text_kv(text).chunk(2, dim=-1)  # (B, L, D)
+            o = blk.attend(q, k, v, kv_cache[:, i, 0], kv_cache[:, i, 1], ctx_bias, txt_k, txt_v)
+            h = blk.finish(h, o, mod)
+            new_kv.append(torch.stack([k, v], dim=1))  # (B, 2, N, D)
+        return self.unembed(h, c), torch.stack(new_kv, dim=1)  # (B,C,h,w), (B,depth,2,N,D)
+
+    # -- training: whole clips, both streams, block-causal ---------------------------------------
+    def forward_train(
+        self, x_noisy: torch.Tensor, t: torch.Tensor, x_ctx: torch.Tensor, text: torch.Tensor, text_pooled: torch.Tensor,
+        t_ctx: float = 0.0,
+    ) -> torch.Tensor:
+        """x_noisy (B,T,C,h,w), t (B,T), x_ctx (B,Tc,C,h,w) clean context for chunks 0..Tc-1 (Tc >= T-1),
+        text (B,L,D), text_pooled (B,D) -> velocity (B,T,C,h,w). Same function as streaming chunk by
+        chunk with the commit pass run on x_ctx at t_ctx."""
+        B, T = x_noisy.shape[:2]
+        Tc = T - 1  # the last clean chunk is nobody's context
+        W, N = self.cfg.window, self.hp * self.wp
+        xc = x_ctx[:, :Tc]
+        hn = self.embed(x_noisy.flatten(0, 1))  # (B*T, N, D)
+        cn = self.cond(t.flatten(), text_pooled.repeat_interleave(T, dim=0))  # (B*T, D)
+        bias_n = self._ctx_bias(B, T, x_noisy)  # (B*T, 1, 1, W*N)
+        if Tc > 0:
+            hc = self.embed(xc.flatten(0, 1))  # (B*Tc, N, D)
+            tc = torch.full((B * Tc,), t_ctx, device=x_noisy.device)
+            cc = self.cond(tc, text_pooled.repeat_interleave(Tc, dim=0))
+            bias_c = self._ctx_bias(B, Tc, x_noisy)
+        for blk in self.blocks:
+            txt_k, txt_v = blk.text_kv(text).chunk(2, dim=-1)  # (B, L, D)
+            if Tc > 0:
+                mod_c = blk.modulation(cc)
+                qc, kc, vc = blk.qkv_of(hc, mod_c)  # (B*Tc, N, D)
+                kc, vc = kc.reshape(B, Tc, N, -1), vc.reshape(B, Tc, N, -1)
+                tk_c, tv_c = txt_k.repeat_interleave(Tc, dim=0), txt_v.repeat_interleave(Tc, dim=0)
+                oc = blk.attend(qc, kc.flatten(0, 1), vc.flatten(0, 1), _slots(kc, W, Tc), _slots(vc, W, Tc), bias_c, tk_c, tv_c)
+                ctx_k, ctx_v = _slots(kc, W, T), _slots(vc, W, T)  # (B*T, W, N, D)
+                hc = blk.finish(hc, oc, mod_c)
+            else:
+                ctx_k = ctx_v = torch.zeros(B * T, W, N, hn.shape[-1], device=hn.device, dtype=hn.dtype)
+            mod_n = blk.modulation(cn)
+            qn, kn, vn = blk.qkv_of(hn, mod_n)
+            tk_n, tv_n = txt_k.repeat_interleave(T, dim=0), txt_v.repeat_interleave(T, dim=0)
+            hn = blk.finish(hn, blk.attend(qn, kn, vn, ctx_k, ctx_v, bias_n, tk_n, tv_n), mod_n)
+        return self.unembed(hn, cn).reshape(B, T, *x_noisy.shape[2:])
+
+    def _ctx_bias(self, B: int, T: int, like: torch.Tensor) -> torch.Tensor:
+        """(B*T, 1, 1, W*N): 0 where slot j of chunk i holds a real chunk (i - (W - j) >= 0), else NEG."""
+        W, N = self.cfg.window, self.hp * self.wp
+        i = torch.arange(T, device=like.device)[:, None]
+        j = torch.arange(W, device=like.device)[None, :]
+        valid = (i - (W - j) >= 0).to(like.dtype)  # (T, W)
+        bias = ((1.0 - valid) * NEG).repeat_interleave(N, dim=1)  # (T, W*N)
+        return bias.repeat(B, 1)[:, None, None, :]
+
+
+def _slots(kc: torch.Tensor, W: int, T: int) -> torch.Tensor:
+    """Clean K or V (B,Tc,N,D) -> per-chunk cache (B*T, W, N, D): slot j of chunk i = clean chunk i-(W-j)
+    (zeros before the clip starts; those slots are masked)."""
+    B, _Tc, N, D = kc.shape
+    kp = torch.cat([kc.new_zeros(B, W, N, D), kc], dim=1)  # index = chunk + W
+    if kp.shape[1] < W - 1 + T:  # only when Tc < T - 1 (not used) or T = 1
+        kp = torch.cat([kp, kc.new_zeros(B, W - 1 + T - kp.shape[1], N, D)], dim=1)
+    return torch.stack([kp[:, j : j + T] for j in range(W)], dim=2).flatten(0, 1)  # (B*T, W, N, D)

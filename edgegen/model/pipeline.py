@@ -1,0 +1,144 @@
+"""Torch reference sampling: the DESIGN.md streaming loop over the component modules.
+
+Per chunk: Euler steps of the flow ODE from numpy noise (`edgegen.sampling`, the same draws every
+backend makes), a commit pass at `t_ctx` that rolls this chunk's K/V into the cache, then the VAE
+decoder with its carried state. Classifier-free guidance (teacher only; the student has it
+folded in) runs the conditional and all-PAD prompts as a batch of 2 with one cache each:
+v = v_uncond + g (v_cond - v_uncond) (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgegen import sampling
+from edgegen.model.components import load_components
+from edgegen.model.config import ModelConfig
+from edgegen.model.data import tokenizer_for
+from edgegen.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Model:
+    """Immutable: config, tokenizer and the component modules of one checkpoint."""
+
+    config: ModelConfig
+    tokenizer: Tokenizer
+    components: dict[str, nn.Module]
+    kind: str  # teacher | student (| vae)
+
+    @property
+    def default_steps(self) -> int:
+        return self.config.teacher_steps if self.kind == "teacher" else self.config.default_steps
+
+    @property
+    def default_guidance(self) -> float:
+        return self.config.guidance if self.kind == "teacher" else 1.0
+
+
+def load_model(path: str | Path) -> Model:
+    cfg, components, kind = load_components(path)
+    return Model(cfg, tokenizer_for(cfg), components, kind)
+
+
+def times_for(cfg: ModelConfig, steps: int) -> list[float]:
+    return sampling.schedule(steps, cfg.shift)
+
+
+@torch.no_grad()
+def denoise_chunk(
+    denoiser: nn.Module, x: torch.Tensor, times: list[float], text: torch.Tensor, pooled: torch.Tensor,
+    kv: torch.Tensor, valid: torch.Tensor, guidance: float, t_ctx: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: Euler over `times`, then the commit pass. x (B,C,h,w); with guidance != 1 the text,
+    pooled, kv and valid tensors hold [cond; uncond] stacked (2B). Returns (x0 (B,C,h,w), new kv)."""
+    B = x.shape[0]
+    cfg = guidance != 1.0
+    for t, t_next in itertools.pairwise(times):
+        xin = torch.cat([x, x]) if cfg else x
+        v, _ = denoiser(xin, torch.full((xin.shape[0],), t), text, pooled, kv, valid)
+        if cfg:
+            v = v[B:] + guidance * (v[:B] - v[B:])
+        x = x + (t_next - t) * v  # Euler: x_{t'} = x_t + (t' - t) v
+    xin = torch.cat([x, x]) if cfg else x
+    _, kv = denoiser(xin, torch.full((xin.shape[0],), t_ctx), text, pooled, kv, valid)
+    return x, kv
+
+
+def roll_valid(valid: torch.Tensor) -> torch.Tensor:
+    return torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], dim=1)
+
+
+@torch.no_grad()
+def encode_text(model: Model, tokens: torch.Tensor, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B,L) -> text, pooled; with guidance != 1 the all-PAD prompt's rows are appended (2B)."""
+    if guidance != 1.0:
+        tokens = torch.cat([tokens, torch.zeros_like(tokens)])
+    return model.components["text_encoder"](tokens)
+
+
+def empty_cache(cfg: ModelConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    kv = torch.zeros(batch, cfg.dit_depth, 2, cfg.window, cfg.tokens_per_chunk, cfg.dit_width)
+    return kv, torch.zeros(batch, cfg.window)
+
+
+@torch.no_grad()
+def rollout(model: Model, tokens: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+    """Batched streaming generation from given noise: tokens (B,L), noise (B,T,C,h,w) -> latents (B,T,C,h,w)."""
+    cfg = model.config
+    text, pooled = encode_text(model, tokens, guidance)
+    kv, valid = empty_cache(cfg, text.shape[0])
+    times = times_for(cfg, steps)
+    out = []
+    for i in range(noise.shape[1]):
+        x, kv = denoise_chunk(model.components["denoiser"], noise[:, i], times, text, pooled, kv, valid, guidance, cfg.t_ctx)
+        valid = roll_valid(valid)
+        out.append(x)
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def generate_latents(
+    model: Model, prompt: str, seed: int, chunks: int, steps: int | None = None, guidance: float | None = None,
+) -> Iterator[np.ndarray]:
+    """Normalised latents (1,C,h,w) float32, one chunk at a time, noise from `sampling.stream_rng(seed)`."""
+    cfg = model.config
+    steps = steps or model.default_steps
+    guidance = model.default_guidance if guidance is None else guidance
+    tokens = torch.from_numpy(model.tokenizer.encode(prompt))[None]
+    text, pooled = encode_text(model, tokens, guidance)
+    kv, valid = empty_cache(cfg, text.shape[0])
+    rng = sampling.stream_rng(seed)
+    times = times_for(cfg, steps)
+    h, w = cfg.latent_size
+    for _ in range(chunks):
+        x = torch.from_numpy(sampling.chunk_noise(rng, (1, cfg.latent_channels, h, w)))
+        x, kv = denoise_chunk(model.components["denoiser"], x, times, text, pooled, kv, valid, guidance, cfg.t_ctx)
+        valid = roll_valid(valid)
+        yield x.numpy()
+
+
+@torch.no_grad()
+def decode_latents(model: Model, latents: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Normalised latents (1,C,h,w) -> frames float32 [F,H,W,3] in [0,1] per chunk, carrying the decoder state."""
+    cfg = model.config
+    state = torch.zeros(1, cfg.latent_channels, *cfg.latent_size)
+    for z in latents:
+        frames, state = model.components["vae_decoder"](torch.from_numpy(z), state)
+        yield frames[0].numpy()
+
+
+def generate_video(
+    model: Model, prompt: str, seed: int = 0, frames: int = 48, steps: int | None = None, guidance: float | None = None,
+) -> np.ndarray:
+    """uint8 [frames, H, W, 3]: the reference output of the streaming loop for one prompt and seed."""
+    chunks = -(-frames // model.config.chunk_frames)
+    video = np.concatenate(list(decode_latents(model, generate_latents(model, prompt, seed, chunks, steps, guidance))))
+    return (video[:frames] * 255.0 + 0.5).astype(np.uint8)

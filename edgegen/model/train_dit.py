@@ -1,0 +1,157 @@
+"""Teacher stage: text encoder + block-causal DiT trained with rectified flow on cached VAE latents.
+
+Rectified flow (Liu et al. 2022; Lipman et al. 2023): x_t = (1 - t) x0 + t noise, the model predicts
+v = noise - x0, loss = MSE. t per chunk from a logit-normal (Esser et al. 2024, SD3) or uniform.
+Every noisy chunk gets its own t (the chunks never attend to each other, only to clean context).
+Context augmentation: with probability `ctx_noise_prob` a clip's clean stream is replaced by
+(1 - s) x0 + s n, s ~ U(0, ctx_noise_max), still labelled t = t_ctx, so the model tolerates the
+imperfect chunks it will be fed at rollout. Text dropout (all-PAD prompt) 10% for CFG
+(Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgegen.errors import UserError
+from edgegen.model.checkpoint import load_checkpoint
+from edgegen.model.config import ModelConfig, TrainConfig
+from edgegen.model.data import LatentPool, pool_key, render_clips, tokenizer_for
+from edgegen.model.dit import DiT
+from edgegen.model.text import TextEncoder
+from edgegen.model.train import Run, fit
+from edgegen.model.vae import VAE
+
+log = logging.getLogger(__name__)
+
+VAE_FIELDS = ("height", "width", "chunk_frames", "latent_channels", "vae_enc_channels", "vae_enc_blocks",
+              "vae_dec_channels", "vae_dec_blocks", "latent_mean", "latent_std")
+
+
+def load_vae(path: Path, cfg: ModelConfig) -> tuple[VAE, ModelConfig]:
+    """The trained VAE (EMA weights, frozen) and `cfg` with the VAE's geometry and latent statistics."""
+    ck = load_checkpoint(path)
+    if ck.kind not in ("vae", "teacher", "student") or "vae" not in ck.model:
+        raise UserError(f"{path} holds no VAE; train one with 'edgegen train vae' or pass --vae")
+    mismatch = [f for f in ("height", "width", "chunk_frames", "latent_channels") if getattr(ck.config, f) != getattr(cfg, f)]
+    if mismatch:
+        raise UserError(f"the VAE in {path} was trained for another geometry ({', '.join(mismatch)} differ); use the matching config")
+    if not ck.config.latent_std:
+        raise UserError(f"the VAE in {path} has no latent statistics; let 'edgegen train vae' save a checkpoint")
+    cfg = replace(cfg, **{f: getattr(ck.config, f) for f in VAE_FIELDS})
+    vae = VAE(cfg)
+    vae.load_state_dict({k: v.float() for k, v in ck.weights()["vae"].items()})
+    return vae.eval().requires_grad_(False), cfg
+
+
+@torch.no_grad()
+def encode_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, n: int, seed: int, split: str, device: str, progress: bool) -> LatentPool:
+    """Render `n` clips of `split` with captions and encode them to normalised latents (float16)."""
+    from tqdm import tqdm
+
+    tok = tokenizer_for(cfg)
+    rng = np.random.default_rng([tcfg.seed, seed])
+    frames = tcfg.clip_chunks * cfg.chunk_frames
+    mean = torch.tensor(cfg.latent_mean).view(1, 1, -1, 1, 1).to(device)
+    std = torch.tensor(cfg.latent_std).view(1, 1, -1, 1, 1).to(device)
+    h, w = cfg.latent_size
+    latents = np.empty((n, tcfg.clip_chunks, cfg.latent_channels, h, w), np.float16)
+    tokens = np.empty((n, max(1, tcfg.captions_per_clip), cfg.max_len), np.int64)
+    vae = vae.to(device)
+    for i in tqdm(range(0, n, 32), desc=f"encode {split} pool", disable=not progress, dynamic_ncols=True):
+        m = min(32, n - i)
+        clips, texts = render_clips(rng, m, cfg, frames, split=split, captions=tokens.shape[1])
+        z = vae.encode_clip(torch.from_numpy(clips).to(device).float() / 255.0)  # (m, T, C, h, w)
+        latents[i : i + m] = ((z - mean) / std).cpu().numpy().astype(np.float16)
+        tokens[i : i + m] = [[tok.encode(t) for t in caps] for caps in texts]
+    return LatentPool(latents, tokens)
+
+
+def latent_pools(vae_path: Path, vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> tuple[LatentPool, LatentPool]:
+    """(train pool, held-out pool), cached in <out>/latents.npz keyed by the VAE file and the config."""
+    key = pool_key(vae_path, cfg, tcfg)
+    cache, cache_val = run.out / "latents.npz", run.out / "latents_heldout.npz"
+    pool, val = LatentPool.load(cache, key), LatentPool.load(cache_val, key)
+    if pool is None:
+        log.info("encoding %d training clips to latents (once per VAE) -> %s", tcfg.pool_clips, cache)
+        pool = encode_pool(vae, cfg, tcfg, tcfg.pool_clips, 1, "train", run.device, run.progress)
+        run.out.mkdir(parents=True, exist_ok=True)
+        pool.save(cache, key)
+    if val is None:
+        val = encode_pool(vae, cfg, tcfg, tcfg.eval_clips, 2, "heldout", run.device, False)
+        val.save(cache_val, key)
+    return pool, val
+
+
+def sample_t(rng: torch.Generator | None, shape: tuple[int, ...], how: str, device: str) -> torch.Tensor:
+    if how == "logit_normal":
+        return torch.sigmoid(torch.randn(shape, device=device))
+    if how == "uniform":
+        return torch.rand(shape, device=device)
+    raise UserError(f"unknown t_sampling {how!r}; use logit_normal or uniform")
+
+
+def context(x0: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
+    """Clean context with training-time noise on a random subset of clips: x0 (B,T,C,h,w) -> same."""
+    B = x0.shape[0]
+    s = torch.rand(B, 1, 1, 1, 1, device=x0.device) * tcfg.ctx_noise_max
+    s = s * (torch.rand(B, 1, 1, 1, 1, device=x0.device) < tcfg.ctx_noise_prob)
+    return (1 - s) * x0 + s * torch.randn_like(x0)
+
+
+def flow_loss(text: TextEncoder, dit: DiT, x0: torch.Tensor, tokens: torch.Tensor, tcfg: TrainConfig,
+              noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+    """Rectified-flow MSE over a batch of clips x0 (B,T,C,h,w) with tokens (B,L)."""
+    B, T = x0.shape[:2]
+    noise = torch.randn_like(x0) if noise is None else noise
+    t = sample_t(None, (B, T), tcfg.t_sampling, x0.device) if t is None else t
+    tt = t.view(B, T, 1, 1, 1)
+    xt = (1 - tt) * x0 + tt * noise
+    txt, pooled = text(tokens)
+    v = dit.forward_train(xt, t, context(x0, tcfg), txt, pooled)
+    return F.mse_loss(v, noise - x0)
+
+
+@torch.no_grad()
+def heldout_loss(text: TextEncoder, dit: DiT, val: LatentPool, tcfg: TrainConfig, device: str) -> float:
+    """Flow loss on the held-out pool with fixed noise, t and no context noise: comparable across steps."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.from_numpy(val.latents.astype(np.float32)).to(device)
+    tokens = torch.from_numpy(val.tokens[:, 0]).to(device)
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    t = torch.rand(x0.shape[:2], generator=g).to(device)
+    clean = replace(tcfg, ctx_noise_prob=0.0)
+    return float(flow_loss(text, dit, x0, tokens, clean, noise, t))
+
+
+def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
+    vae_path = run.vae or run.out / "vae" / "last.safetensors"
+    if not Path(vae_path).exists():
+        raise UserError(f"no VAE at {vae_path}; run 'edgegen train vae --config {cfg.name}' first or pass --vae PATH")
+    vae, cfg = load_vae(Path(vae_path), cfg)
+    cfg = replace(cfg, vocab_size=tokenizer_for(cfg).vocab_size)
+    pool, val = latent_pools(Path(vae_path), vae, cfg, tcfg, run)
+    torch.manual_seed(tcfg.seed + 1)
+    text, dit = TextEncoder(cfg).to(run.device), DiT(cfg).to(run.device)
+    B = tcfg.teacher.batch
+
+    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        x0, tokens = pool.batch(rng, B)
+        drop = rng.random(B) < tcfg.text_dropout
+        tokens = np.where(drop[:, None], 0, tokens)
+        loss = flow_loss(text, dit, torch.from_numpy(x0).to(run.device), torch.from_numpy(tokens).to(run.device), tcfg)
+        return loss, {}, B
+
+    def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
+        return cfg, {"heldout_loss": heldout_loss(ema["text"], ema["dit"], val, tcfg, run.device)}
+
+    return fit("teacher", cfg, tcfg, run, {"text": text, "dit": dit}, loss_fn, frozen={"vae": vae.to(run.device)},
+               before_save=before_save, extra={"vae": str(vae_path)})
