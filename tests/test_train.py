@@ -51,3 +51,26 @@ def test_cli_train_vae(tmp_path: Path) -> None:
     assert main(["train", "vae", "--config", "tiny", "--out", str(tmp_path), "--steps", "2", "--no-progress"]) == 0
     assert (tmp_path / "vae" / "last.safetensors").exists()
     assert main(["train", "vae", "--config", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> None:
+    cfg, tcfg = tiny
+    vae = _run(tmp_path / "v", "vae", tiny, 2)
+    full = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "a", steps=4, vae=vae, progress=False))
+    train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=2, vae=vae, progress=False))
+    split = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=4, vae=vae, resume=True, progress=False))
+    _assert_same(full, split)
+    assert (tmp_path / "a" / "latents.npz").exists()
+
+    student = train_stage("student", cfg, tcfg, Run(out=tmp_path / "a", steps=2, progress=False))
+    ck = load_checkpoint(student)
+    assert ck.kind == "student" and set(ck.model) == {"vae", "text", "dit"}
+    assert len(list((tmp_path / "a" / "student" / "pairs").glob("train_*.npz"))) == 1
+
+    from edgegen.model.pipeline import generate_video, load_model
+
+    model = load_model(student)
+    video = generate_video(model, "a red circle moving right", seed=3, frames=6)
+    assert video.shape == (6, cfg.height, cfg.width, 3) and video.dtype.name == "uint8"
+    again = generate_video(model, "a red circle moving right", seed=3, frames=6)
+    assert (video == again).all()

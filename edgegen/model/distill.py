@@ -1,0 +1,143 @@
+"""Student stage: distil the guided 25-step teacher into a 1/2/4-step sampler with CFG folded in.
+
+Method: knowledge distillation of the guided teacher's ODE coupling, i.e. reflow
+(Liu et al. 2022, "Flow Straight and Fast"; Luhman & Luhman 2021, "Knowledge Distillation in
+Iterative Generative Models"). The guided teacher is rolled out chunk by chunk from seeded noise
+(its own clean outputs as context, as at inference) and the (noise, final latents, tokens)
+triples are cached on disk in shards. The student, initialised from the teacher, then learns the
+straight line between each noise and the teacher's output: at x_t = (1 - t) x0_T + t n it predicts
+v = n - x0_T, at the times of the 1/2/4-step schedules (plus a fraction of uniform t), with the
+teacher's clean latents as (noise-augmented) context. One forward per step: the guidance scale is
+baked into the targets, so the student runs without the unconditional branch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgegen.errors import UserError
+from edgegen.model.checkpoint import load_checkpoint
+from edgegen.model.components import build_components
+from edgegen.model.config import ModelConfig, TrainConfig
+from edgegen.model.data import tokenizer_for
+from edgegen.model.dit import DiT
+from edgegen.model.pipeline import Model, rollout, times_for
+from edgegen.model.text import TextEncoder
+from edgegen.model.train import Run, fit
+from edgegen.model.train_dit import context
+from edgegen.model.vae import VAE
+
+log = logging.getLogger(__name__)
+
+SHARD = 64  # rollouts per shard file
+
+
+def load_teacher(path: Path) -> tuple[ModelConfig, dict[str, nn.Module]]:
+    ck = load_checkpoint(path)
+    if ck.kind != "teacher":
+        raise UserError(f"{path} is a {ck.kind} checkpoint, not a teacher; run 'edgegen train teacher' or pass --teacher")
+    modules: dict[str, nn.Module] = {"vae": VAE(ck.config), "text": TextEncoder(ck.config), "dit": DiT(ck.config)}
+    for name, m in modules.items():
+        m.load_state_dict({k: v.float() for k, v in ck.weights()[name].items()})
+    return ck.config, modules
+
+
+def _prompts(rng: np.random.Generator, cfg: ModelConfig, n: int, split: str) -> np.ndarray:
+    """Tokens (n, L) of random scene captions of `split` (no rendering needed: only the text)."""
+    from edgegen.world import caption, sample_scene
+
+    tok = tokenizer_for(cfg)
+    return np.stack([tok.encode(caption(sample_scene(rng, split), rng)) for _ in range(n)])
+
+
+@torch.no_grad()
+def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed: int, split: str, progress: bool) -> dict[str, np.ndarray]:
+    """(noise, x0, tokens) of `n` guided teacher rollouts, generated in shards and cached in `folder`."""
+    from tqdm import tqdm
+
+    cfg = teacher.config
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = cfg.latent_size
+    parts = []
+    shards = range(-(-n // SHARD))
+    for k in tqdm(shards, desc=f"teacher rollouts ({split})", disable=not progress, dynamic_ncols=True):
+        path = folder / f"{split}_{k:05d}.npz"
+        m = min(SHARD, n - k * SHARD)
+        if path.exists():
+            with np.load(path) as f:
+                if len(f["tokens"]) == m:
+                    parts.append(dict(f))
+                    continue
+        rng = np.random.default_rng([tcfg.seed, seed, k])
+        tokens = _prompts(rng, cfg, m, split)
+        noise = torch.from_numpy(rng.standard_normal((m, tcfg.clip_chunks, cfg.latent_channels, h, w), dtype=np.float32))
+        x0 = rollout(teacher, torch.from_numpy(tokens), noise, cfg.teacher_steps, cfg.guidance)
+        part = {"noise": noise.numpy().astype(np.float16), "x0": x0.numpy().astype(np.float16), "tokens": tokens}
+        tmp = path.with_name(path.stem + ".partial.npz")
+        np.savez(tmp, **part)
+        tmp.replace(path)
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("noise", "x0", "tokens")}
+
+
+def distill_times(cfg: ModelConfig) -> np.ndarray:
+    """The non-zero times the 1/2/4-step schedules evaluate the model at."""
+    return np.unique([t for s in cfg.student_steps for t in times_for(cfg, s)[:-1]])
+
+
+@torch.no_grad()
+def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np.ndarray]) -> dict[str, float]:
+    """MSE of the student's own S-step rollouts (its outputs as context) against the teacher's latents."""
+    model = Model(cfg, tokenizer_for(cfg), build_components(cfg, {"text": text, "dit": dit}), "student")
+    noise, x0 = torch.from_numpy(val["noise"].astype(np.float32)), torch.from_numpy(val["x0"].astype(np.float32))
+    tokens = torch.from_numpy(val["tokens"])
+    return {f"gap_{s}step": float(F.mse_loss(rollout(model, tokens, noise, s, 1.0), x0)) for s in cfg.student_steps}
+
+
+def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
+    teacher_path = Path(run.teacher or run.out / "teacher" / "last.safetensors")
+    if not teacher_path.exists():
+        raise UserError(f"no teacher at {teacher_path}; run 'edgegen train teacher --config {cfg.name}' first or pass --teacher PATH")
+    tcfg_cfg, modules = load_teacher(teacher_path)
+    # the student inherits the teacher's architecture; sampler numbers come from the current config
+    cfg = replace(tcfg_cfg, **{f: getattr(cfg, f) for f in ("student_steps", "default_steps", "guidance", "teacher_steps", "shift", "t_ctx")})
+    teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")
+    folder = run.out / "student" / "pairs"
+    pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress)
+    val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False)
+    del teacher
+    text, dit, vae = modules["text"].to(run.device), modules["dit"].to(run.device), modules["vae"].to(run.device)
+    vae.eval().requires_grad_(False)
+    times = torch.tensor(distill_times(cfg), dtype=torch.float32)
+    B = tcfg.student.batch
+
+    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        idx = rng.integers(len(pairs["tokens"]), size=B)
+        n = torch.from_numpy(pairs["noise"][idx].astype(np.float32)).to(run.device)  # (B, T, C, h, w)
+        x0 = torch.from_numpy(pairs["x0"][idx].astype(np.float32)).to(run.device)
+        tokens = torch.from_numpy(pairs["tokens"][idx]).to(run.device)
+        T = n.shape[1]
+        t = times[torch.from_numpy(rng.integers(len(times), size=(B, T)))]
+        uniform = torch.from_numpy(rng.random((B, T)) < tcfg.distill_random_t)
+        t = torch.where(uniform, torch.from_numpy(rng.random((B, T)).astype(np.float32)), t).to(run.device)
+        tt = t.view(B, T, 1, 1, 1)
+        txt, pooled = text(tokens)
+        v = dit.forward_train((1 - tt) * x0 + tt * n, t, context(x0, tcfg), txt, pooled)
+        return F.mse_loss(v, n - x0), {}, B
+
+    def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
+        return cfg, student_gap(ema["text"], ema["dit"], cfg, val)
+
+    return fit("student", cfg, tcfg, run, {"text": text, "dit": dit}, loss_fn, frozen={"vae": vae},
+               before_save=before_save, extra={"teacher": str(teacher_path), "method": "reflow distillation of the guided teacher"})
+
+
