@@ -157,3 +157,30 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(bad)
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_torch_backend_runs_components(tmp_path: Path, cfg: ModelConfig, modules: dict) -> None:
+    from types import SimpleNamespace
+
+    from edgegen.bundle import sha256_file
+    from edgegen.errors import BundleError
+    from edgegen.model.torch_backend import TorchBackend
+
+    path = save_checkpoint(tmp_path / "checkpoint.safetensors", modules, cfg, 1, kind="student")
+    backend = TorchBackend()
+    assert backend.available()[0]
+    comps = build_components(cfg, modules)
+    for name, spec in component_specs(cfg).items():
+        session = backend.open(path, name, "fp32")
+        feeds = spec.sample_inputs(batch=1, seed=3)
+        out = session.run({k: v.numpy() for k, v in feeds.items()})
+        assert list(out) == [s.name for s in spec.outputs]
+        with torch.no_grad():
+            ref = comps[name](*feeds.values())
+        for s, r in zip(spec.outputs, ref, strict=True):
+            np.testing.assert_allclose(out[s.name], r.numpy(), rtol=1e-5, atol=1e-5)
+    bundle = SimpleNamespace(path=tmp_path, manifest={"provenance": {"checkpoint_sha256": sha256_file(path)}})
+    assert backend.open(bundle, "denoiser", "fp32").outputs == ("velocity", "kv_cache_out")
+    wrong = SimpleNamespace(path=tmp_path, manifest={"provenance": {"checkpoint_sha256": "0" * 64}})
+    with pytest.raises(BundleError, match="exported from"):
+        backend.open(wrong, "denoiser", "fp32")
