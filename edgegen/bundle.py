@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -66,6 +66,13 @@ class ComponentEntry:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     opset: int
+    # backend name -> a file only that backend should load (same I/O contract), e.g. an ORT-CPU
+    # int8 graph with uint8 / contrib ops that is faster there but would not parse in TensorRT.
+    variants: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def file_for(self, backend: str) -> str:
+        """The file `backend` should load: its variant if the bundle has one, else the portable file."""
+        return self.variants.get(backend, self.file)
 
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name, f"{self.component} input")
@@ -267,6 +274,7 @@ def _entry(component: str, precision: str, spec: Mapping[str, Any]) -> Component
         inputs=tuple(_tensor(t) for t in spec["inputs"]),
         outputs=tuple(_tensor(t) for t in spec["outputs"]),
         opset=int(spec["opset"]),
+        variants=MappingProxyType({backend: v["file"] for backend, v in spec.get("variants", {}).items()}),
     )
 
 
@@ -369,6 +377,9 @@ def _validate_component(where: str, spec: Any, files: Mapping[str, Any]) -> list
         return problems
     if spec["file"] not in files:
         problems.append(f"{where}.file {spec['file']!r} is not listed in files")
+    variants = spec.get("variants", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) and v.get("file") in files for v in variants.values()):
+        problems.append(f"{where}.variants must map backend names to {{\"file\": ...}} entries listed in files")
     for side in ("inputs", "outputs"):
         tensors = spec[side]
         if not isinstance(tensors, list) or not tensors:
@@ -424,7 +435,9 @@ def write_manifest(root: str | os.PathLike[str], manifest: Mapping[str, Any], *,
         names = set(data.get("files", {}))
         names.add(data["tokenizer"]["file"])
         for record in data["precisions"].values():
-            names.update(c["file"] for c in record["components"].values())
+            for comp in record["components"].values():
+                names.add(comp["file"])
+                names.update(v["file"] for v in comp.get("variants", {}).values())
         missing = sorted(n for n in names if not (root / n).is_file())
         if missing:
             raise BundleError(f"cannot write the manifest: {root / missing[0]} does not exist")

@@ -189,6 +189,18 @@ def test_default_precision_is_the_fastest_that_passes(bundle_copy: Path) -> None
         choose_precision(load_bundle(bundle_copy), _FakeBackend(), "fp8")
 
 
+def test_ort_cpu_loads_its_variant_file(bundle_copy: Path) -> None:
+    from edgegen.runtime.backends.ort_cpu import OrtCpuBackend
+
+    data = json.loads((bundle_copy / MANIFEST).read_text())
+    data["precisions"]["fp32"]["components"]["vae_decoder"]["variants"] = {"ort-cpu": {"file": "vae_decoder.fp16.onnx"}}
+    write_manifest(bundle_copy, data)
+    bundle = load_bundle(bundle_copy)
+    assert bundle.component("fp32", "vae_decoder").file_for("tensorrt") == "vae_decoder.onnx"
+    assert OrtCpuBackend().open(bundle, "vae_decoder", "fp32").path.name == "vae_decoder.fp16.onnx"
+    assert OrtCpuBackend().open(bundle, "denoiser", "fp32").path.name == "denoiser.onnx"
+
+
 # -- torch-free ------------------------------------------------------------------------------
 
 

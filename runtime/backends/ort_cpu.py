@@ -37,9 +37,10 @@ def physical_cores() -> int:
 class OrtSession:
     """One ONNX Runtime session plus the manifest entry it was checked against."""
 
-    def __init__(self, session: object, entry: ComponentEntry) -> None:
+    def __init__(self, session: object, entry: ComponentEntry, path: Path) -> None:
         self._session = session
         self.entry = entry
+        self.path = path
         self._outputs = list(entry.output_names)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -47,15 +48,17 @@ class OrtSession:
         return dict(zip(self._outputs, values, strict=True))
 
 
-def open_ort_session(bundle: Bundle, component: str, precision: str, options: object, providers: list) -> OrtSession:
+def open_ort_session(bundle: Bundle, component: str, precision: str, options: object, providers: list, backend: str = "") -> OrtSession:
     """Create an ORT session for one component and check its I/O names against the manifest.
 
-    Shared with the ORT CUDA backend, which passes its own options and providers.
+    `backend` picks the component's variant file for that backend when the bundle has one.
     """
     import onnxruntime as ort
 
     entry = bundle.component(precision, component)
-    path = bundle.file(entry.file)
+    path = bundle.file(entry.file_for(backend))
+    if path.name != entry.file:
+        log.info("%s %s: using %s, the bundle's %s variant", component, precision, path.name, backend)
     state = ort.capi.onnxruntime_pybind11_state
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -63,7 +66,7 @@ def open_ort_session(bundle: Bundle, component: str, precision: str, options: ob
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{path}: onnxruntime cannot load it ({first}); re-export the bundle") from None
     check_io(entry, path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-    return OrtSession(session, entry)
+    return OrtSession(session, entry, path)
 
 
 class OrtCpuBackend:
@@ -97,4 +100,4 @@ class OrtCpuBackend:
         return options
 
     def open(self, bundle: Bundle, component: str, precision: str) -> OrtSession:
-        return open_ort_session(bundle, component, precision, self.session_options(), ["CPUExecutionProvider"])
+        return open_ort_session(bundle, component, precision, self.session_options(), ["CPUExecutionProvider"], backend=self.name)
