@@ -25,7 +25,7 @@ from edgegen.world import (
     sample_scene,
     split_of,
 )
-from edgegen.world.renderer import PALETTE, coverages, tracks
+from edgegen.world.renderer import PALETTE, coverages, render_chunks, tracks
 from edgegen.world.scene import ALL_TRIPLES, HELDOUT_TRIPLES, TRAIN_TRIPLES
 
 Obj = ObjectSpec
@@ -179,10 +179,18 @@ def test_render_shape_dtype_determinism_and_prefix_stability() -> None:
         assert render(scene, 0, frames, size).shape == (frames, size, size, 3)
 
 
-@pytest.mark.parametrize(("frames", "size"), [(0, 64), (-1, 64), (16, 60), (16, 0), (16, 4)])
-def test_render_rejects_bad_geometry(frames: int, size: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "frames", "size"), [(0, 0, 64), (0, -1, 64), (0, 16, 60), (0, 16, 0), (0, 16, 4), (-1, 16, 64)]
+)
+def test_render_rejects_bad_geometry(seed: int, frames: int, size: int) -> None:
     with pytest.raises(UserError):
-        render(parse_prompt("a red circle"), 0, frames, size)
+        render(parse_prompt("a red circle"), seed, frames, size)
+
+
+def test_render_chunks_match_render() -> None:
+    scene = parse_prompt("a small white star moving down and a big red ball bouncing")
+    whole = render(scene, 9, 50, 32)
+    assert np.array_equal(np.concatenate(list(render_chunks(scene, 9, 50, 32, chunk=12))), whole)
 
 
 def test_unspecified_attributes_come_from_the_seed() -> None:

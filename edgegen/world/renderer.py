@@ -17,6 +17,7 @@ size is "how much of the frame the object covers" whatever its shape.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,7 @@ CANDIDATES = 256  # placements tried for two objects; the first that keeps them 
 CHECK_TIMES = np.concatenate([np.arange(0.0, 2.0, 0.05), np.arange(2.0, 8.0, 0.25)])
 APART_S = 2.0  # two objects never touch in the first APART_S seconds, and rarely later
 MIN_GAP = 0.02
+START_APART_S = 0.5  # when they cannot be kept apart, overlap in the first 0.5 s is avoided most
 _BATCH = 32
 
 
@@ -179,7 +181,10 @@ def centre_path(obj: Resolved, t: np.ndarray, u: np.ndarray | None = None) -> np
 
 def _choose_placement(objs: list[Resolved]) -> int:
     """Index of the first candidate that keeps two objects apart: never closer than MIN_GAP in
-    the first APART_S seconds and never touching later; else the best for the first APART_S."""
+    the first APART_S seconds and never touching later. Some scenes cannot be kept apart (two
+    large objects, one moving diagonally): then the one that overlaps least in the first
+    APART_S seconds (among those apart for the first START_APART_S), so objects touch briefly
+    rather than pass through each other."""
     if len(objs) == 1:
         return 0
     a, b = objs
@@ -188,20 +193,24 @@ def _choose_placement(objs: list[Resolved]) -> int:
         + CIRCUMRADIUS[b.shape] * b.radius * scale_at(b.motion, CHECK_TIMES)
     )
     early_times = CHECK_TIMES < APART_S
-    fallback, best_early, best = None, -np.inf, 0
+    start_times = CHECK_TIMES[early_times] < START_APART_S
+    fallback, best_overlap, best = None, -np.inf, 0
     for lo in range(0, CANDIDATES, _BATCH):  # most scenes are settled by the first batch
         rows = slice(lo, lo + _BATCH)
-        d = centre_path(a, CHECK_TIMES, a.candidates[rows]) - centre_path(b, CHECK_TIMES, b.candidates[rows])
+        d = centre_path(a, CHECK_TIMES, a.candidates[rows])
+        d -= centre_path(b, CHECK_TIMES, b.candidates[rows])
         gap = np.hypot(d[..., 0], d[..., 1]) - reach  # [batch, T]
-        early = gap[:, early_times].min(axis=1)
-        ok = np.flatnonzero((early > MIN_GAP) & (gap.min(axis=1) > 0.0))
+        early = gap[:, early_times]
+        apart = early.min(axis=1) > MIN_GAP
+        ok = np.flatnonzero(apart & (gap.min(axis=1) > 0.0))
         if len(ok):
             return lo + int(ok[0])
-        ok_early = np.flatnonzero(early > MIN_GAP)
-        if fallback is None and len(ok_early):
-            fallback = lo + int(ok_early[0])
-        if early.max() > best_early:
-            best_early, best = float(early.max()), lo + int(np.argmax(early))
+        if fallback is None and apart.any():
+            fallback = lo + int(np.argmax(apart))
+        # <= 0: how deep and how long they overlap; overlap at the start counts 100 times more.
+        overlap = (np.minimum(early - MIN_GAP, 0.0) * np.where(start_times, 100.0, 1.0)).sum(axis=1)
+        if overlap.max() > best_overlap:
+            best_overlap, best = float(overlap.max()), lo + int(np.argmax(overlap))
     return fallback if fallback is not None else best
 
 
@@ -278,12 +287,13 @@ class Track:
     angle: np.ndarray  # [F] radians, rotation from the canonical pose (triangles/stars point up)
 
 
-def tracks(scene: Scene, seed: int, frames: int) -> tuple[np.random.Generator, list[Track]]:
-    """The background rng (positioned after the object draws) and each object's trajectory."""
+def tracks(scene: Scene, seed: int, frames: int, start: int = 0) -> tuple[np.random.Generator, list[Track]]:
+    """The background rng (positioned after the object draws) and each object's trajectory over
+    frames `start` .. `start + frames - 1`."""
     rng = np.random.default_rng(seed)
     objs = [_resolve(o, rng) for o in scene.objects]
     k = _choose_placement(objs)
-    t = np.arange(frames, dtype=np.float64) / FPS
+    t = np.arange(start, start + frames, dtype=np.float64) / FPS
     out = []
     for obj in objs:
         centre = centre_path(obj, t, obj.candidates[k : k + 1])[0]
@@ -293,10 +303,16 @@ def tracks(scene: Scene, seed: int, frames: int) -> tuple[np.random.Generator, l
     return rng, out
 
 
-def _check_geometry(frames: int, size: int) -> None:
-    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _check_geometry(frames: int, size: int, seed: int = 0) -> None:
+    if not _is_int(seed) or seed < 0:
+        raise UserError(f"seed must be a whole number >= 0, not {seed!r}")
+    if not _is_int(frames) or frames < 1:
         raise UserError(f"frames must be a positive whole number, not {frames!r}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8 or size % 8 or size > MAX_SIZE:
+    if not _is_int(size) or size < 8 or size % 8 or size > MAX_SIZE:
         raise UserError(f"size must be a multiple of 8 between 8 and {MAX_SIZE}, not {size!r}")
 
 
@@ -320,9 +336,22 @@ def _windows(tr: Track, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def render(scene: Scene, seed: int, frames: int, size: int) -> np.ndarray:
     """uint8 [frames, size, size, 3]; a deterministic function of (scene, seed) and prefix-stable
     in `frames` (a longer clip starts with the shorter one)."""
-    _check_geometry(frames, size)
-    rng, object_tracks = tracks(scene, int(seed), int(frames))
-    video = np.broadcast_to(_background(rng, int(size)), (frames, size, size, 3)).copy()  # [F, H, W, 3]
+    _check_geometry(frames, size, seed)
+    return _render(scene, int(seed), 0, int(frames), int(size))
+
+
+def render_chunks(scene: Scene, seed: int, frames: int, size: int, chunk: int = 240) -> Iterator[np.ndarray]:
+    """The same frames as `render`, `chunk` at a time (uint8 [<=chunk, size, size, 3]), so a long
+    clip never has to fit in memory at once."""
+    _check_geometry(frames, size, seed)
+    for start in range(0, frames, chunk):
+        yield _render(scene, int(seed), start, min(start + chunk, frames), int(size))
+
+
+def _render(scene: Scene, seed: int, start: int, stop: int, size: int) -> np.ndarray:
+    frames = stop - start
+    rng, object_tracks = tracks(scene, seed, frames, start)
+    video = np.broadcast_to(_background(rng, size), (frames, size, size, 3)).copy()  # [F, H, W, 3]
     for tr in object_tracks:  # later objects in front
         x0, y0, alpha = _windows(tr, size)
         w = alpha.shape[-1]
@@ -336,7 +365,7 @@ def render(scene: Scene, seed: int, frames: int, size: int) -> np.ndarray:
 def coverages(scene: Scene, seed: int, frames: int, size: int) -> list[np.ndarray]:
     """Each object's own coverage (ignoring occlusion), float32 [frames, size, size] in [0, 1]:
     the ground truth segmentation, for tests and for validating the judge."""
-    _check_geometry(frames, size)
+    _check_geometry(frames, size, seed)
     _, object_tracks = tracks(scene, int(seed), int(frames))
     out = []
     for tr in object_tracks:

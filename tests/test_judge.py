@@ -1,0 +1,270 @@
+"""The judge: segmentation, per-attribute scoring, rejection of wrong prompts, PSNR/SSIM,
+contact sheets, evaluation reports and the `judge` / `eval` / `world` commands.
+
+The full-size check (500 clips, both splits, 16-48 frames, mp4 round trip) is
+`edgegen eval --truth --split all --frames 16-48 --n 500 --out DIR`; here a smaller sample.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgegen.cli import main
+from edgegen.judge import (
+    _perturbations,
+    analyse,
+    compare,
+    contact_sheet,
+    evaluate,
+    judge,
+    label_components,
+    score,
+    write_report,
+)
+from edgegen.video import read_video, write_video
+from edgegen.world import ObjectSpec, Scene, parse_prompt, render, sample_scene
+
+Obj = ObjectSpec
+
+
+def _mp4(clip: np.ndarray, tmp_path: Path) -> np.ndarray:
+    path = tmp_path / "roundtrip.mp4"
+    write_video(path, clip, 24.0, force=True)
+    return read_video(path).frames
+
+
+def _blur(clip: np.ndarray, sigma: float) -> np.ndarray:
+    radius = int(3 * sigma) + 1
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    v = clip.astype(np.float32)
+    for axis in (1, 2):
+        pad = [(0, 0)] * 4
+        pad[axis] = (radius, radius)
+        padded = np.pad(v, pad, mode="edge")
+        v = sum(k[i] * np.take(padded, range(i, i + clip.shape[axis]), axis=axis) for i in range(len(k)))
+    return np.clip(v + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------- pieces
+
+
+def _bfs_count(mask: np.ndarray) -> int:
+    seen = np.zeros_like(mask)
+    n = 0
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        if seen[y, x]:
+            continue
+        n += 1
+        queue = deque([(y, x)])
+        seen[y, x] = True
+        while queue:
+            cy, cx = queue.popleft()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = cy + dy, cx + dx
+                    if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+    return n
+
+
+def test_label_components_matches_a_flood_fill() -> None:
+    rng = np.random.default_rng(0)
+    for density in (0.2, 0.45, 0.6):
+        mask = rng.random((23, 31)) < density
+        labels, n = label_components(mask)
+        assert n == _bfs_count(mask)
+        assert ((labels > 0) == mask).all()
+        for label in range(1, n + 1):  # each label is one connected piece
+            assert _bfs_count(labels == label) == 1
+
+
+# ---------------------------------------------------------------------------------- accuracy
+
+
+def _sample(n: int, seed: int, size: int = 64) -> list[tuple[Scene, int, int]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        scene = sample_scene(rng, "train" if i % 2 else "heldout")
+        out.append((scene, i, int(rng.integers(16, 49))))
+    return out
+
+
+def test_ground_truth_after_mp4_passes_and_wrong_prompts_are_rejected(tmp_path: Path) -> None:
+    tally = {"colour": [0, 0], "shape": [0, 0], "size": [0, 0], "motion": [0, 0], "count": [0, 0]}
+    rejected = {"colour": [0, 0], "shape": [0, 0], "direction": [0, 0]}
+    rng = np.random.default_rng(1)
+    for scene, seed, frames in _sample(40, seed=11):
+        clip = _mp4(render(scene, seed, frames, 64), tmp_path)
+        analysis = analyse(clip, len(scene.objects))
+        result = score(analysis, scene)
+        for obj in result.objects:
+            for name, ok in obj.checks.items():
+                if ok is not None:
+                    tally[name][0] += ok
+                    tally[name][1] += 1
+        tally["count"][0] += result.count
+        tally["count"][1] += 1
+        for kind, wrong in _perturbations(scene, rng).items():
+            rejected[kind][0] += not score(analysis, wrong).passed
+            rejected[kind][1] += 1
+    for name, (ok, n) in tally.items():
+        assert ok / n >= 0.97, (name, ok, n)
+    for kind, (ok, n) in rejected.items():
+        assert n >= 8 and ok / n >= 0.95, (kind, ok, n)
+
+
+def test_judge_tolerates_blur_at_128() -> None:
+    for scene, seed, frames in _sample(8, seed=5, size=128):
+        clip = _blur(render(scene, seed, frames, 128), sigma=2.0)
+        result = judge(clip, scene)
+        assert result.passed, (scene, seed, result.to_dict())
+        assert not result.sharp  # sigma 2 px is visibly soft
+
+
+def test_long_clips_stay_on_prompt() -> None:
+    for prompt in ("a large red triangle moving right", "a small blue star moving up and a white ball growing"):
+        scene = parse_prompt(prompt)
+        result = judge(render(scene, 3, 240, 64), scene)
+        assert result.passed and result.consistent, result.to_dict()
+
+
+def test_unspecified_attributes_are_not_judged_and_a_spinning_disc_may_look_still() -> None:
+    result = judge(render(parse_prompt("a circle"), 4, 24, 64), parse_prompt("a circle"))
+    assert result.passed
+    assert result.objects[0].checks == {"shape": True, "colour": None, "size": None, "motion": None}
+    assert result.objects[0].found["colour"] is not None  # still measured and reported
+    disc = parse_prompt("a green disc rotating")
+    assert judge(render(disc, 0, 24, 64), disc).passed
+
+
+def test_wrong_object_count_and_empty_clips_fail() -> None:
+    one = render(parse_prompt("a red square moving left"), 0, 24, 64)
+    two = parse_prompt("a red square moving left and a blue star")
+    result = judge(one, two)
+    assert not result.count and not result.passed
+    assert result.count_found == 1
+    blank = np.full((8, 64, 64, 3), 20, np.uint8)
+    empty = judge(blank, parse_prompt("a red circle"))
+    assert not empty.passed and empty.count_found == 0
+    json.dumps(empty.to_dict())
+
+
+def test_result_to_dict_is_json() -> None:
+    scene = parse_prompt("a big yellow star spinning and a small pink box moving down")
+    data = json.loads(json.dumps(judge(render(scene, 2, 32, 64), scene).to_dict()))
+    assert data["passed"] is True and data["count"] == {"ok": True, "found": 2, "expected": 2}
+    assert [o["found"]["shape"] for o in data["objects"]] == ["star", "square"]
+
+
+# ---------------------------------------------------------------------------------- compare, sheet, report
+
+
+def test_compare_psnr_and_ssim() -> None:
+    clip = render(parse_prompt("a red star moving right"), 0, 6, 64)
+    same = compare(clip, clip)
+    assert same["psnr"] == float("inf") and same["ssim"] == pytest.approx(1.0)
+    noisy = np.clip(clip.astype(int) + np.random.default_rng(0).integers(-8, 9, clip.shape), 0, 255).astype(np.uint8)
+    worse = compare(clip, noisy)
+    assert 25 < worse["psnr"] < 40 and 0.3 < worse["ssim"] < 0.99
+    assert len(worse["psnr_per_frame"]) == len(worse["ssim_per_frame"]) == 6
+    with pytest.raises(ValueError):
+        compare(clip, clip[:3])
+
+
+def test_contact_sheet_is_a_png_grid(tmp_path: Path) -> None:
+    clips = [render(parse_prompt(p), 0, 16, 64) for p in ("a red circle", "a blue star spinning")]
+    path = contact_sheet(clips, ["one", "two"], tmp_path / "sheet.png", frames_per_row=4)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 4 * 96 and image.height > 2 * 96
+    assert [p.name for p in tmp_path.iterdir()] == ["sheet.png"]  # no temp file left
+
+
+def test_evaluate_report(tmp_path: Path) -> None:
+    prompts = ["a red circle moving right", "a small green star and a big white box bouncing"]
+    samples = [(p, 0, render(parse_prompt(p), 0, 24, 64)) for p in prompts]
+    samples.append(("a red circle moving left", 0, samples[0][2]))  # wrong direction
+    report = evaluate(samples, rejection=True)
+    acc = report["accuracy"]
+    assert acc["all"]["passed"]["correct"] == 2 and acc["all"]["passed"]["judged"] == 3
+    assert acc["one_object"]["motion"]["accuracy"] == 0.5
+    assert acc["two_objects"]["colour"]["accuracy"] == 1.0 and acc["two_objects"]["size"]["judged"] == 2
+    assert report["clip_results"][2]["failed"] == ["motion"]
+    assert set(report["rejection"]) >= {"colour", "shape"}
+    json_path, md_path = write_report(report, tmp_path)
+    assert json.loads(json_path.read_text())["clips"] == 3
+    assert "| motion |" in md_path.read_text()
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def test_world_render_and_judge_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "clip.mp4"
+    prompt = "a large orange triangle moving left"
+    assert main(["world", "render", prompt, "--seed", "2", "--frames", "20", "--out", str(out)]) == 0
+    assert read_video(out).frames.shape == (20, 64, 64, 3)
+    assert main(["world", "render", prompt, "--out", str(out)]) == 2  # exists, no --force
+    assert main(["judge", str(out), "--prompt", prompt]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["judge", str(out), "--prompt", "a large orange triangle moving right", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["passed"] is False
+    assert "motion is left, not right" in captured.err
+    assert main(["judge", str(out), "--prompt", "a large orange hexagon"]) == 2
+    assert main(["world", "prompts", "--split", "heldout", "--n", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["world", "render", "", "--out", "{tmp}/a.mp4"],
+        ["world", "render", "a red circle and a blue star and a green box", "--out", "{tmp}/a.mp4"],
+        ["world", "render", "a red circle", "--frames", "0", "--out", "{tmp}/a.mp4"],
+        ["world", "render", "a red circle", "--size", "60", "--out", "{tmp}/a.mp4"],
+        ["world", "render", "a red circle", "--out", "{tmp}/missing/a.mp4"],
+        ["world", "prompts", "--split", "test"],
+        ["eval", "--truth", "--n", "2", "--frames", "0", "--out", "{tmp}/ev"],
+        ["eval", "--truth", "--n", "2", "--size", "12", "--out", "{tmp}/ev"],
+        ["eval", "--truth", "--n", "2", "--split", "test", "--out", "{tmp}/ev"],
+        ["eval", "--truth", "--n", "2", "--seeds", "a", "--out", "{tmp}/ev"],
+        ["eval", "--truth", "--n", "2", "--out", "{tmp}/missing/ev"],
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgegen: error:") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_truth_writes_three_files_and_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    args = ["eval", "--truth", "--split", "all", "--n", "4", "--frames", "16-24", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "report.json", "report.md"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["clips"] == 4 and report["accuracy"]["all"]["passed"]["accuracy"] == 1.0
+    before = (out / "report.json").read_bytes()
+    assert main(args) == 2
+    assert (out / "report.json").read_bytes() == before
+    assert main([*args, "--force", "--no-rejection"]) == 0
+    assert "rejection" not in json.loads((out / "report.json").read_text())
+
+
+def test_eval_generates_with_a_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    args = ["eval", "--bundle", str(tiny_bundle), "--backend", "ort-cpu", "--n", "2", "--frames", "8", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["clips"] == 2 and "ort-cpu" in report["source"]
+    assert (out / "contact_sheet.png").exists()
