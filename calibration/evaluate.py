@@ -80,15 +80,16 @@ def sessions_for(bundle: Bundle, precision: str, components: Sequence[str], *, v
     }
 
 
-def generator(bundle: Bundle, precision: str, *, variant: bool = False) -> Any:
-    """A Generator on ORT CPU. The runtime's own backend for plain int8/fp32; our sessions for
-    fp8 (simulated) and for the ORT-CPU variant files (the runtime does not read them yet)."""
+def generator(bundle: Bundle, precision: str, *, variant: bool = False, threads: int = 0) -> Any:
+    """A Generator on ORT CPU running exactly the files asked for: the runtime's own loop, with
+    sessions on the portable files, or (`variant`) on the ORT-CPU-only files where the bundle has
+    them; fp8 runs simulated. fp32 goes through the runtime's own backend."""
     from edgegen.runtime.generator import STREAM_COMPONENTS, Generator
 
-    if precision != "fp8" and not variant:
-        return Generator.load(bundle, backend="ort-cpu", precision=precision)
-    sessions = sessions_for(bundle, precision, STREAM_COMPONENTS, variant=variant)
-    label = "ort-cpu (simulated fp8)" if precision == "fp8" else "ort-cpu (variant files)"
+    if precision == "fp32":
+        return Generator.load(bundle, backend="ort-cpu", precision="fp32")
+    sessions = sessions_for(bundle, precision, STREAM_COMPONENTS, variant=variant, threads=threads)
+    label = "ort-cpu (simulated fp8)" if precision == "fp8" else f"ort-cpu ({'ort-cpu variant' if variant else 'portable'} files)"
     return Generator(bundle=bundle, backend=label, precision=precision, tokenizer=bundle.tokenizer(), sessions=sessions)
 
 
@@ -245,3 +246,46 @@ def interleaved_latency(
             ratios = [a / b for a, b in zip(per[base], per[name], strict=True)]
             result[name]["speedup_vs_" + base] = statistics.median(ratios)
     return result
+
+
+GEMM_KERNELS = frozenset({
+    "MatMul", "Gemm", "FusedMatMul", "Conv", "ConvTranspose", "FusedConv", "FusedGemm",
+    "MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearConv", "ConvInteger", "QGemm",
+})
+
+
+def gemm_share(path: str | Path, feeds: Sequence[Feeds], runs: int = 100) -> dict[str, Any]:
+    """How much of one call ORT CPU spends in GEMM/conv kernels (1 thread, per-node medians).
+
+    The rest (elementwise, layout, softmax, concat/slice of the KV cache) is untouched by int8, so
+    1 / (1 - share) bounds the speedup of any GEMM-only quantization (Amdahl)."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgegen-prof-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "prof")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for i in range(runs):
+            session.run(None, dict(feeds[i % len(feeds)]))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per.setdefault(e["name"], []).append(float(e["dur"]))
+            ops[e["name"]] = e["args"]["op_name"]
+    by_op: dict[str, float] = {}
+    for name, durations in per.items():
+        by_op[ops[name]] = by_op.get(ops[name], 0.0) + statistics.median(durations)
+    total = sum(by_op.values())
+    gemm = sum(v for k, v in by_op.items() if k in GEMM_KERNELS)
+    share = gemm / total if total else 0.0
+    top = dict(sorted(((k, round(v, 1)) for k, v in by_op.items()), key=lambda kv: -kv[1])[:10])
+    return {"total_us": total, "gemm_us": gemm, "gemm_share": share,
+            "max_gemm_only_speedup": (1.0 / (1.0 - share)) if share < 1 else math.inf, "top_ops_us": top}

@@ -452,13 +452,17 @@ def _latency(bundle: Bundle, settings: Settings, held: cap.Captured, report: dic
     for comp in comps:
         feeds = cap.subsample(held[comp], 8)
         names = bundle.component(p, comp).output_names
-        wall = {"fp32": backend.open(bundle, comp, "fp32"), p: backend.open(bundle, comp, p)}
+        # The runtime's session settings (threads, sequential, full optimisation), on explicit files:
+        # the runtime may pick a variant file by itself, and the portable file is measured too.
+        wall = {"fp32": backend.open(bundle, comp, "fp32"),
+                p: ev.OrtFileSession(ev.component_file(bundle, p, comp), names, threads=backend.threads)}
         cpu = {"fp32": ev.OrtFileSession(ev.component_file(bundle, "fp32", comp), names, threads=1),
                p: ev.OrtFileSession(ev.component_file(bundle, p, comp), names, threads=1)}
         if variants:
             path = ev.component_file(bundle, p, comp, variant=True)
             wall[f"{p}+ort-cpu"] = ev.OrtFileSession(path, names, threads=backend.threads)
             cpu[f"{p}+ort-cpu"] = ev.OrtFileSession(path, names, threads=1)
+        result.setdefault("profile_fp32", {})[comp] = ev.gemm_share(ev.component_file(bundle, "fp32", comp), feeds)
         result["wall"][comp] = ev.interleaved_latency(wall, feeds, rounds=settings.latency_rounds)
         result["cpu"][comp] = ev.interleaved_latency(cpu, feeds, rounds=settings.latency_rounds, clock=time.thread_time)
         for kind in ("wall", "cpu"):

@@ -150,6 +150,11 @@ def markdown(report: dict[str, Any]) -> str:
                     for path, v in r.items():
                         if isinstance(v, dict) and "median_ms" in v:
                             lines.append(f"| {comp} | {kind} | {path} | {v['median_ms']:.3f} | {_f(v.get('speedup_vs_fp32', 1.0), 2)}x |")
+            for comp, prof in lat.get("profile_fp32", {}).items():
+                lines += ["", f"Where the fp32 {comp} spends a call (ORT CPU, 1 thread, per-node medians): "
+                          f"{prof['total_us']:.0f} us, of which GEMM/conv kernels {prof['gemm_us']:.0f} us ({100 * prof['gemm_share']:.0f}%). "
+                          f"Quantizing GEMMs cannot beat {prof['max_gemm_only_speedup']:.2f}x on this graph even if they took no time "
+                          "(Amdahl). Top op types (us): " + ", ".join(f"{k} {v:.0f}" for k, v in prof["top_ops_us"].items()) + "."]
             for kind, chunk in lat.get("chunk_default_steps", {}).items():
                 lines += ["", f"Per chunk at the default steps ({kind}): " + ", ".join(
                     f"{k} {v['ms']:.2f} ms ({v['speedup_vs_fp32']:.2f}x)" for k, v in chunk.items())]

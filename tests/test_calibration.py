@@ -162,6 +162,39 @@ def test_output_bundle_loads_with_the_new_precision(int8: dict[str, Any]) -> Non
     assert bundle.component("int8", "denoiser").file == "denoiser.int8.onnx"
 
 
+def test_ort_cpu_variant_files_are_recorded_and_checksummed(int8: dict[str, Any]) -> None:
+    from edgegen.calibration.evaluate import VARIANT, component_file
+    from edgegen.calibration.quantize import ORT_VARIANTS
+
+    bundle = load_bundle(int8["out"])
+    for comp, r in int8["report"]["components"].items():
+        variant = r["ort_cpu_variant"]
+        assert "int8 (portable Q/DQ)" in variant["tried"] and "fp32_cpu_ms" in variant
+        spec = bundle.precision_info("int8")["components"][comp]
+        if variant["chosen"] is None:
+            assert "variants" not in spec and variant["why_none"]
+            continue
+        assert variant["chosen"] in ORT_VARIANTS
+        assert spec["variants"][VARIANT]["file"] == variant["file"] in bundle.manifest["files"]
+        assert component_file(bundle, "int8", comp, variant=True).name == variant["file"]
+        assert component_file(bundle, "int8", comp).name == r["file"]  # the portable file stays the entry's file
+
+
+def test_policy_reasons_are_reported(int8: dict[str, Any]) -> None:
+    from edgegen.calibration.pipeline import ACT_ACT_WHY, VECTOR_WHY
+
+    kept = int8["report"]["components"]["denoiser"]["kept_float"]
+    reasons = {k["why"] for k in kept}
+    assert VECTOR_WHY in reasons  # the timestep / pooled-text projections
+    assert ACT_ACT_WHY in reasons  # q @ k^T and attn @ v
+    layers = {layer["name"]: layer for layer in int8["report"]["components"]["denoiser"]["layers"]}
+    for k in kept:
+        if k["why"] == VECTOR_WHY:
+            assert layers[k["node"]]["rows"] == 1
+        if k["why"] == ACT_ACT_WHY:
+            assert not layers[k["node"]]["weight"]
+
+
 def test_input_bundle_is_untouched(int8: dict[str, Any], tiny_bundle: Path) -> None:
     assert _tree_digest(tiny_bundle) == int8["before"]
     assert "int8" not in load_bundle(tiny_bundle).precisions
