@@ -50,8 +50,13 @@ def source_from_checkpoint(path: str | Path) -> ExportSource:
     return _source(config, components, kind, checkpoint_sha256=sha256_file(path))
 
 
-def source_from_config(config: str | Path, seed: int = 0) -> ExportSource:
-    """A config's model with freshly initialised weights (tests, and export plumbing without training)."""
+def source_from_config(config: str | Path, seed: int = 0, jitter: float = 0.02) -> ExportSource:
+    """A config's model with random weights (tests, and the export toolchain without training).
+
+    The model's init is zero in places (adaLN-zero, identity residual blocks), which would make the
+    velocity exactly 0 and every parity check trivially pass; every parameter is therefore jittered
+    with N(0, jitter²) so each path of every graph carries signal.
+    """
     import torch
 
     from edgegen.model.components import build_components, build_modules
@@ -62,7 +67,12 @@ def source_from_config(config: str | Path, seed: int = 0) -> ExportSource:
     if not cfg.vocab_size:
         cfg.vocab_size = tokenizer_for(cfg).vocab_size
     torch.manual_seed(seed)
-    components = build_components(cfg, build_modules(cfg))
+    modules = build_modules(cfg)
+    with torch.no_grad():
+        for module in modules.values():
+            for p in module.parameters():
+                p.add_(jitter * torch.randn_like(p))
+    components = build_components(cfg, modules)
     return _source(cfg, components, "student", checkpoint_sha256=f"untrained:{cfg.name}:seed{seed}")
 
 

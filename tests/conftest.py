@@ -1,7 +1,8 @@
 """Shared fixtures. `tiny_bundle`: an fp32 + fp16 ONNX bundle exported once per test session.
 
-The bundle is a real export (trace, slim, checker, TensorRT tables, parity) of a small model with
-the DESIGN.md component signatures, written under pytest's session temp folder. Tests that modify
+The bundle is a real export (trace, slim, checker, TensorRT tables, parity against the torch
+reference pipeline) of the tiny config's model with fixed random weights — no training needed —
+written under pytest's session temp folder. Tests that modify
 a bundle copy it first (`bundle_copy`).
 """
 
@@ -19,10 +20,10 @@ if str(TESTS) not in sys.path:
 
 
 def tiny_source():  # -> ExportSource
-    """The model the tiny bundle is exported from (small, random weights, real I/O contract)."""
-    from standin_model import standin_source
+    """The tiny config's real components (edgegen/configs/tiny.json) with fixed random weights."""
+    from edgegen.export.source import source_from_config
 
-    return standin_source()
+    return source_from_config("tiny", seed=0)
 
 
 @pytest.fixture(scope="session")

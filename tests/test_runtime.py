@@ -106,8 +106,10 @@ def test_hooks_report_steps_commits_and_chunks(gen: Generator) -> None:
 
 
 def test_steps_change_the_result_and_are_validated(gen: Generator) -> None:
+    events: list[object] = []
     one = gen.generate(PROMPT, frames=4, steps=1)
-    four = gen.generate(PROMPT, frames=4, steps=4)
+    four = gen.generate(PROMPT, frames=4, steps=4, hooks=events.append)
+    assert sum(isinstance(e, StepEvent) for e in events) == 4
     assert one.shape == four.shape and not np.array_equal(one, four)
     with pytest.raises(UserError, match="valid: 1, 2, 4"):
         gen.stream(PROMPT, steps=3)
