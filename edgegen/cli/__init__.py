@@ -54,6 +54,25 @@ def _register_commands() -> None:
         module.register(app)
 
 
+# typer >= 0.20 vendors click (`typer._click`) with its own exception classes, which do not derive
+# from click's; catch both so a bad flag is a usage error on every supported typer.
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_USAGE = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+
+
+def _usage_error(exc: Exception) -> int:
+    """A bad flag or argument as one line naming the help to read; a bare command shows its help."""
+    message = exc.format_message().strip()  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if "\n" in message:  # no_args_is_help: the "message" is the command's help text
+        exc.show()  # type: ignore[attr-defined]
+    elif message:  # (newer typer prints that help itself and leaves the message empty)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        print(f"edgegen: error: {message.rstrip('.')}{hint}", file=sys.stderr)
+    return exc.exit_code  # type: ignore[attr-defined]
+
+
 def _on_sigterm(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
@@ -67,12 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         app(args=args, prog_name="edgegen", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return exc.exit_code
-    except click.ClickException as exc:  # usage errors: click prints its own short message
-        exc.show()
-        return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _USAGE as exc:
+        return _usage_error(exc)
+    except (KeyboardInterrupt, *_ABORT):
         print("edgegen: interrupted", file=sys.stderr)
         return 130
     except Interrupted as exc:
