@@ -27,6 +27,8 @@ def calibrate(
     seed: int = typer.Option(0, "--seed", min=0, help="First seed of the capture streams."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where captured inputs are cached (default: $EDGEGEN_CACHE or ~/.cache/edgegen)/calibration."),
     no_e2e: bool = typer.Option(False, "--no-e2e", help="Skip the end-to-end clips and latency (component checks only)."),
+    latency_rounds: int = typer.Option(15, "--latency-rounds", min=1, help="Interleaved timing rounds per component (each: 10 calls per precision)."),
+    no_ort_variants: bool = typer.Option(False, "--no-ort-variants", help="Only the portable Q/DQ files (no ORT-CPU-only int8 files)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ) -> None:
     """Quantize a bundle (Q/DQ, timestep-aware calibration, sensitivity-guided) and check it against fp32."""
@@ -38,7 +40,7 @@ def calibrate(
     settings = Settings(
         precision=precision, samples=samples, prompts=prompts, eval_prompts=eval_prompts, seed=seed,
         components=tuple(c.strip() for c in components.split(",") if c.strip()), cache_dir=cache_dir,
-        force=force, check_e2e=not no_e2e,
+        force=force, check_e2e=not no_e2e, latency_rounds=latency_rounds, ort_variants=not no_ort_variants,
     )
     report = calibrate_bundle(bundle_path, out, settings)
     typer.echo(f"{precision}: {one_line(report)}")
