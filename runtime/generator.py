@@ -205,9 +205,10 @@ class Generator:
         """Token ids for `prompt` (int64 [L]); PromptError naming the problem if it is not valid."""
         if not isinstance(prompt, str):
             raise PromptError(f"the prompt must be a string, not {type(prompt).__name__}")
-        tokens = self.tokenizer.encode(prompt)  # unknown word → PromptError naming it
-        parse_prompt(prompt)  # what the world cannot show (three objects, two motions) → PromptError
-        return tokens
+        # The parser first: it names non-ASCII and control characters, which the tokenizer's
+        # word split would cut into misleading "unknown word" fragments ('bäll' → 'b').
+        parse_prompt(prompt)  # empty, unknown word, three objects, two motions → PromptError
+        return self.tokenizer.encode(prompt)  # more words than the bundle's max_len → PromptError
 
     def check_steps(self, steps: int | None) -> int:
         steps = self.bundle.default_steps if steps is None else steps
