@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAMES = 100_000
 MAX_PROMPTS = 1_000_000
+MAX_SEED = 2**63 - 1  # the range `edgegen generate` accepts, so one seed works in both
 
 world_app = typer.Typer(
     name="world",
@@ -31,8 +32,8 @@ def check_size(size: int) -> None:
 
 
 def check_seed(seed: int) -> None:
-    if seed < 0:
-        raise UserError(f"--seed {seed} is negative; use a whole number >= 0")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed} is out of range; use 0 to {MAX_SEED}")
 
 
 def check_fps(fps: float) -> None:
