@@ -232,7 +232,10 @@ def eval_command(
         size = int(gen.bundle.video["height"])
     kept = _Keep(samples, SHEET_CLIPS, total)
     report = evaluate(kept, rejection=rejection)
-    report.update(split=split, source=source, frames=frames, size=size, seeds=seed_list, prompt_seed=prompt_seed)
+    report.update(
+        split=split, source=source, frames=frames, size=size, prompt_seed=prompt_seed,
+        seeds=f"{','.join(map(str, seed_list))} (prompt i uses each base seed + i)",
+    )
     out.mkdir(exist_ok=True)
     passed = [c["passed"] for c in report["clip_results"]]
     labels = [f"{'PASS' if ok else 'FAIL'}  {p} (seed {s})" for ok, (p, s) in zip(passed, kept.keys, strict=False)]

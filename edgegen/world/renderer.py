@@ -12,6 +12,9 @@ like a ball on a floor) and rotating are periodic; growing / shrinking approach 
 
 All sizes have equal area across shapes (a small star covers as many pixels as a small circle), so
 size is "how much of the frame the object covers" whatever its shape.
+
+Two objects get a placement (from 256 seeded candidates) that keeps them apart for the first 2 s
+when the geometry allows; otherwise they start apart and touch as briefly as possible.
 """
 
 from __future__ import annotations
@@ -61,7 +64,6 @@ CIRCUMRADIUS: dict[str, float] = {
     "triangle": math.sqrt(4.0 * math.pi / (3.0 * math.sqrt(3.0))),
     "star": math.sqrt(math.pi / (5.0 * STAR_INNER * math.sin(math.pi / 5.0))),
 }
-CORNERS: dict[str, int] = {"square": 4, "triangle": 3, "star": 5}
 
 SPEED = 0.35  # frame widths per second of a steady mover before it eases out
 EASE_S = 0.8  # time constant (s) of the ease-out near the far edge
@@ -75,7 +77,7 @@ EDGE_MARGIN = 0.04  # keep this much of the frame between any object and the bor
 CANDIDATES = 256  # placements tried for two objects; the first that keeps them apart wins
 # Paths are stationary or periodic after ~6 s; the first APART_S seconds are checked finely.
 CHECK_TIMES = np.concatenate([np.arange(0.0, 2.0, 0.05), np.arange(2.0, 8.0, 0.25)])
-APART_S = 2.0  # two objects never touch in the first APART_S seconds, and rarely later
+APART_S = 2.0  # two objects are kept apart this long whenever the geometry allows it
 MIN_GAP = 0.02
 START_APART_S = 0.5  # when they cannot be kept apart, overlap in the first 0.5 s is avoided most
 _BATCH = 32
@@ -182,9 +184,9 @@ def centre_path(obj: Resolved, t: np.ndarray, u: np.ndarray | None = None) -> np
 def _choose_placement(objs: list[Resolved]) -> int:
     """Index of the first candidate that keeps two objects apart: never closer than MIN_GAP in
     the first APART_S seconds and never touching later. Some scenes cannot be kept apart (two
-    large objects, one moving diagonally): then the one that overlaps least in the first
-    APART_S seconds (among those apart for the first START_APART_S), so objects touch briefly
-    rather than pass through each other."""
+    large objects, one moving diagonally; ~4% of sampled two-object scenes touch within 2 s):
+    then the one that overlaps least in the first APART_S seconds, overlap in the first
+    START_APART_S weighing 100 times more, so objects start apart and touch rather than cross."""
     if len(objs) == 1:
         return 0
     a, b = objs
