@@ -135,19 +135,32 @@ class Recorder(Hooks):
 # Memory: host RSS (this process) and GPU memory (the device, sampled)
 
 
+def _proc_status_bytes(field: str) -> int | None:
+    """A `/proc/self/status` memory field (kB) in bytes; None where there is no /proc."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 def current_rss_bytes() -> int:
     """Resident set size now (Linux /proc; elsewhere the peak so far, the best the OS offers)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return peak_rss_bytes()
+    rss = _proc_status_bytes("VmRSS")
+    return rss if rss is not None else peak_rss_bytes()
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process.
+
+    Linux: VmHWM, the high-water mark of this process image. Not ru_maxrss: it survives exec, so
+    a spawned worker would inherit the RSS of the parent it was forked from.
+    """
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
 
 
 class _Nvml:
@@ -236,6 +249,27 @@ class RunSpec:
     frames: int
     prompt: str = DEFAULT_PROMPT
     seed: int = 0
+    threads: int | None = None  # CPU threads for every library; None: each backend's own default
+
+
+def use_threads(threads: int | None) -> None:
+    """Make every CPU library in this (fresh) process use `threads` threads.
+
+    OpenMP (torch's intra-op pool) reads OMP_NUM_THREADS when the library loads, so this runs
+    before any backend is imported; ORT's pool is sized by the ort-cpu backend's `threads`.
+    """
+    if threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def threads_in_use(impl: backends.Backend) -> int | None:
+    """The backend's CPU thread count: its `threads` attribute (ort-cpu), else torch's pool if loaded."""
+    threads = getattr(impl, "threads", None)
+    if isinstance(threads, int):
+        return threads
+    torch = sys.modules.get("torch")  # already loaded by the torch backend; never imported here
+    return int(torch.get_num_threads()) if torch is not None else None
 
 
 def load_timed(spec: RunSpec) -> tuple[Generator, dict[str, Any]]:
@@ -244,6 +278,8 @@ def load_timed(spec: RunSpec) -> tuple[Generator, dict[str, Any]]:
     bundle = load_bundle(spec.bundle)
     bundle_s = time.perf_counter() - start
     impl = backends.resolve(spec.backend)
+    if spec.threads is not None and hasattr(impl, "threads"):
+        impl.threads = spec.threads
     precision, _ = choose_precision(bundle, impl, spec.precision)
     sessions, open_s = {}, {}
     for name in STREAM_COMPONENTS:
@@ -252,8 +288,7 @@ def load_timed(spec: RunSpec) -> tuple[Generator, dict[str, Any]]:
         open_s[name] = time.perf_counter() - opened
     gen = Generator(bundle=bundle, backend=impl.name, precision=precision, tokenizer=bundle.tokenizer(), sessions=sessions)
     load = {"bundle_s": bundle_s, "sessions_s": open_s, "total_s": time.perf_counter() - start}
-    threads = getattr(impl, "threads", None)
-    return gen, {"load": load, "threads": threads if isinstance(threads, int) else None}
+    return gen, {"load": load, "threads": threads_in_use(impl)}
 
 
 class Measurement:
@@ -318,6 +353,7 @@ def serve(spec: RunSpec, conn: Connection, log_level: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr, force=True)
+    use_threads(spec.threads)
     try:
         measurement = Measurement(spec)
         conn.send(("ready", None))
@@ -436,6 +472,7 @@ class Settings:
     warmup: int = 1
     prompt: str = DEFAULT_PROMPT
     seed: int = 0
+    threads: int | None = None
     progress: bool = False
     command: str = ""
 
@@ -452,7 +489,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
     for combo in combos:
         if combo.skip is not None:
             log.info("%s %s: skipped (%s)", combo.backend, combo.precision, combo.skip)
-    specs = [RunSpec(str(bundle.path), c.backend, c.precision, steps, settings.frames, settings.prompt, settings.seed)
+    specs = [RunSpec(str(bundle.path), c.backend, c.precision, steps, settings.frames, settings.prompt, settings.seed, settings.threads)
              for c in combos if c.skip is None]
     measured = iter(measure_interleaved(specs, settings.warmup, settings.repeat, settings.progress))
     results = [next(measured) if c.skip is None else
@@ -466,7 +503,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         "machine": machine,
         "bundle": describe_bundle(bundle),
         "settings": {"steps": steps, "frames": settings.frames, "repeat": settings.repeat, "warmup": settings.warmup,
-                     "prompt": settings.prompt, "seed": settings.seed},
+                     "prompt": settings.prompt, "seed": settings.seed, "threads": settings.threads},
         "baseline": {"backend": BASELINE[0], "precision": BASELINE[1]},
         "results": results,
     }
@@ -475,7 +512,10 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
 def measure_interleaved(specs: Sequence[RunSpec], warmup: int, repeat: int, progress: bool = False) -> list[dict[str, Any]]:
     """One result per spec, in order. Workers load and warm up one at a time (so load time and GPU
     memory are each one's own); then the timed clips run in rounds, one clip per combination per
-    round, the order rotating, so a change in the machine's load hits every combination alike."""
+    round, the order rotating, so a change in the machine's load hits every combination alike.
+
+    Workers are `multiprocessing` spawns: as with any such code, a script calling this must guard
+    its entry point with `if __name__ == "__main__":` (and cannot be fed on stdin)."""
     from tqdm import tqdm
 
     level = logging.getLogger().getEffectiveLevel()
@@ -513,21 +553,29 @@ def _finish(worker: Worker, gpu: dict[str, int] | None) -> dict[str, Any]:
 
 
 def _check_counts(settings: Settings) -> None:
-    for flag, value, low in (("--frames", settings.frames, 1), ("--repeat", settings.repeat, 1), ("--warmup", settings.warmup, 0)):
+    counts = [("--frames", settings.frames, 1), ("--repeat", settings.repeat, 1), ("--warmup", settings.warmup, 0)]
+    if settings.threads is not None:
+        counts.append(("--threads", settings.threads, 1))
+    for flag, value, low in counts:
         if value < low:
             raise UserError(f"{flag} must be at least {low}, not {value}")
 
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
-    """Give every ok result `speedup` = baseline / own latency (p50 and p95) per component.
+    """Give every ok result `speedup` = baseline / own latency (p50 and p95) per component, and
+    `cpu_speedup` = baseline / own process CPU time over the timed clips (the same clips for all).
 
-    > 1 means faster than the torch fp32 eager baseline; all None when the baseline did not run.
+    > 1 means faster (or less CPU work) than the torch fp32 eager baseline; None when the
+    baseline did not run. On an oversubscribed machine the wall clock mostly measures waiting for
+    a core; CPU time measures the work, so the two ratios together say how much is which.
     """
     base = next((r for r in results if (r["backend"], r["precision"]) == BASELINE and r["status"] == "ok"), None)
     for result in results:
         if result["status"] != "ok":
             continue
         result["speedup"] = {name: _ratio(base, result, name) for name in COMPONENTS}
+        own_cpu = result["cpu"]["process_cpu_s"]
+        result["cpu_speedup"] = base["cpu"]["process_cpu_s"] / own_cpu if base is not None and own_cpu > 0 else None
 
 
 def _ratio(base: Mapping[str, Any] | None, result: Mapping[str, Any], name: str) -> dict[str, float] | None:
@@ -614,7 +662,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     s, b, m = report["settings"], report["bundle"], report["machine"]
     lines = [
         f"edgegen bench: bundle {b['model']} ({b['video']['width']}x{b['video']['height']} @ {b['video']['fps']} fps), "
-        f"{s['steps']} steps, {s['frames']} frames, {s['repeat']} timed + {s['warmup']} warm-up clips per combination",
+        f"{s['steps']} steps, {s['frames']} frames, {s['repeat']} timed + {s['warmup']} warm-up clips per combination, "
+        + (f"{s['threads']} CPU threads each" if s["threads"] else "each backend's default CPU threads"),
         "machine: " + _machine_line(m),
         "",
         f"{'backend':<10} {'prec':<5} {'per call':<13} {'n':>5} {'p50 ms':>9} {'p90':>9} {'p95':>9} {'p99':>9} {'mean':>9}  {'speed-up p50 (p95) vs torch fp32'}",
@@ -662,7 +711,8 @@ def _result_rows(r: Mapping[str, Any], frames: int) -> list[str]:
     rows.append(
         f"{'':16} {t['fps']:.1f} fps{steady}, real-time factor {t['realtime_factor']:.2f}x; load {load['total_s']:.2f} s; "
         f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (+{(mem['peak_rss_bytes'] - mem['rss_start_bytes']) / 2**20:.0f}){gpu}; "
-        f"CPU {r['cpu']['utilization']:.2f} cores busy"
+        f"{r['threads'] or '?'} threads, {r['cpu']['utilization']:.2f} cores busy"
+        + (f", CPU time {r['cpu_speedup']:.2f}x less than torch fp32" if r.get("cpu_speedup") else "")
     )
     return rows
 
@@ -761,7 +811,7 @@ _STATS = {
 }
 _RATIO = {"type": ["object", "null"], "required": ["p50", "p95"], "properties": {"p50": _NUM, "p95": _NUM}}
 _OK_RESULT = {
-    "required": ["latency", "denoise_steps", "throughput", "memory", "load", "threads", "cpu", "speedup"],
+    "required": ["latency", "denoise_steps", "throughput", "memory", "load", "threads", "cpu", "speedup", "cpu_speedup"],
     "properties": {
         "latency": {"type": "object", "required": list(COMPONENTS), "properties": {c: _STATS for c in COMPONENTS}},
         "denoise_steps": {"type": "array", "minItems": 1, "items": _STATS},
@@ -791,6 +841,7 @@ _OK_RESULT = {
             "properties": {"wall_s": _NUM, "process_cpu_s": _NUM, "utilization": {"type": ["number", "null"]}},
         },
         "speedup": {"type": "object", "required": list(COMPONENTS), "properties": {c: _RATIO for c in COMPONENTS}},
+        "cpu_speedup": {"type": ["number", "null"]},
     },
 }
 REPORT_SCHEMA: dict[str, Any] = {
@@ -803,7 +854,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "schema_version": {"const": SCHEMA_VERSION},
         "machine": {"type": "object", "required": ["cpu", "memory_bytes", "gpu", "os", "python", "libraries", "env"]},
         "bundle": {"type": "object", "required": ["path", "model", "digest", "video", "precisions"]},
-        "settings": {"type": "object", "required": ["steps", "frames", "repeat", "warmup", "prompt", "seed"]},
+        "settings": {"type": "object", "required": ["steps", "frames", "repeat", "warmup", "prompt", "seed", "threads"]},
         "baseline": {"type": "object", "required": ["backend", "precision"]},
         "results": {
             "type": "array",

@@ -57,7 +57,7 @@ def test_report_validates_against_the_schema(run: dict[str, Any]) -> None:
     assert run["code"] == 0
     jsonschema.validate(run["report"], bench.REPORT_SCHEMA)
     assert run["report"]["settings"] == {"steps": 2, "frames": FRAMES, "repeat": REPEAT, "warmup": WARMUP,
-                                         "prompt": bench.DEFAULT_PROMPT, "seed": 0}
+                                         "prompt": bench.DEFAULT_PROMPT, "seed": 0, "threads": None}
 
 
 def test_ort_cpu_runs_and_every_component_is_timed(run: dict[str, Any]) -> None:
@@ -108,6 +108,10 @@ def test_speedups_against_the_torch_baseline(run: dict[str, Any]) -> None:
             own, ref = result["latency"][name], base["latency"][name]
             assert ratio["p50"] == pytest.approx(ref["p50_ms"] / own["p50_ms"])
             assert ratio["p95"] == pytest.approx(ref["p95_ms"] / own["p95_ms"])
+        if base["status"] == "ok":
+            assert result["cpu_speedup"] == pytest.approx(base["cpu"]["process_cpu_s"] / result["cpu"]["process_cpu_s"])
+        else:
+            assert result["cpu_speedup"] is None
     if base["status"] == "ok":
         assert base["speedup"]["denoise_step"] == {"p50": 1.0, "p95": 1.0}
 
@@ -161,7 +165,8 @@ def _result(backend: str, precision: str, p50: float, status: str = "ok") -> dic
     stats = {"p50_ms": p50, "p95_ms": 2 * p50}
     latency = {name: dict(stats) for name in bench.COMPONENTS}
     latency["commit"] = None
-    return {"backend": backend, "precision": precision, "status": status, "reason": None, "latency": latency}
+    return {"backend": backend, "precision": precision, "status": status, "reason": None, "latency": latency,
+            "cpu": {"process_cpu_s": p50 / 4}}
 
 
 def test_add_speedups_divides_the_baseline_by_each_result() -> None:
@@ -171,13 +176,14 @@ def test_add_speedups_divides_the_baseline_by_each_result() -> None:
     assert results[2]["speedup"]["generate"] == {"p50": 2.0, "p95": 2.0}
     assert results[0]["speedup"]["vae_decode"] == {"p50": 1.0, "p95": 1.0}
     assert results[1]["speedup"]["commit"] is None  # no samples: no ratio
+    assert results[1]["cpu_speedup"] == 4.0 and results[0]["cpu_speedup"] == 1.0
 
 
 def test_add_speedups_without_a_baseline_gives_none() -> None:
     results = [_result("torch", "fp32", 8.0, status="skipped"), _result("ort-cpu", "fp32", 4.0)]
     bench.add_speedups(results)
     assert "speedup" not in results[0]
-    assert all(v is None for v in results[1]["speedup"].values())
+    assert all(v is None for v in results[1]["speedup"].values()) and results[1]["cpu_speedup"] is None
 
 
 def test_recorder_sees_every_call_of_a_real_stream(bundle_dir: Path) -> None:

@@ -26,10 +26,10 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 
 
 def _command(bundle: Optional[Path], backend: Optional[str], precision: Optional[str], steps: Optional[int],
-             frames: int, repeat: int, warmup: int, prompt: str) -> str:
+             threads: Optional[int], frames: int, repeat: int, warmup: int, prompt: str) -> str:
     """The command that reproduces these measurements (output paths left out), for the report."""
     args = ["edgegen", "bench"]
-    for flag, value in (("--bundle", bundle), ("--backend", backend), ("--precision", precision), ("--steps", steps)):
+    for flag, value in (("--bundle", bundle), ("--backend", backend), ("--precision", precision), ("--steps", steps), ("--threads", threads)):
         if value is not None:
             args += [flag, str(value)]
     args += ["--frames", str(frames), "--repeat", str(repeat), "--warmup", str(warmup), "--prompt", prompt]
@@ -45,6 +45,7 @@ def bench(
     repeat: int = typer.Option(5, "--repeat", help="Timed generations per combination."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per combination."),
     prompt: str = typer.Option("a red circle moving right", "--prompt", help="Prompt to generate."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for every backend (default: each backend's own; ort-cpu: physical cores, torch: its default)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart (p50 bars, p90 whiskers) here."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json / --plot files."),
@@ -65,8 +66,9 @@ def bench(
         repeat=repeat,
         warmup=warmup,
         prompt=prompt,
+        threads=threads,
         progress=sys.stderr.isatty(),
-        command=_command(bundle, backend, precision, steps, frames, repeat, warmup, prompt),
+        command=_command(bundle, backend, precision, steps, threads, frames, repeat, warmup, prompt),
     )
     report = rb.run_benchmark(settings)
     sys.stdout.write(rb.format_table(report))
