@@ -56,6 +56,13 @@ def lr_at(step: int, s: StageConfig) -> float:
     return s.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
+def ema_decay(step: int, s: StageConfig) -> float:
+    """0 (copy) during warmup, then (1 + n) / (10 + n) capped at `s.ema`: the average never reaches back
+    into the fast early phase (a 0.999 EMA of a no-norm conv net 2000 steps in was 7 dB worse than the raw weights)."""
+    n = step - s.warmup
+    return 0.0 if n < 0 else min(s.ema, (1.0 + n) / (10.0 + n))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
@@ -150,8 +157,9 @@ def fit(
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip) if s.grad_clip > 0 else torch.tensor(0.0)
             opt.step()
+            decay = ema_decay(step, s)
             for k, m in trainable.items():
-                ema_update(ema[k], m, s.ema if step >= s.warmup else 0.0)
+                ema_update(ema[k], m, decay)
             step += 1
             window_clips += clips
             bar.update(1)
@@ -237,7 +245,8 @@ def train_vae(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
 
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
         mean, std = latent_stats(ema["vae"], cfg, tcfg)
-        return replace(cfg, latent_mean=tuple(mean), latent_std=tuple(std)), {"heldout_psnr": eval_vae(ema["vae"], cfg, tcfg)}
+        metrics = {"heldout_psnr": eval_vae(ema["vae"], cfg, tcfg), "heldout_psnr_raw": eval_vae(vae, cfg, tcfg)}
+        return replace(cfg, latent_mean=tuple(mean), latent_std=tuple(std)), metrics
 
     return fit("vae", cfg, tcfg, run, {"vae": vae}, loss_fn, before_save=before_save)
 

@@ -27,7 +27,7 @@ from edgegen.model.config import ModelConfig, TrainConfig
 from edgegen.model.data import LatentPool, pool_key, render_clips, tokenizer_for
 from edgegen.model.dit import DiT
 from edgegen.model.text import TextEncoder
-from edgegen.model.train import Run, fit
+from edgegen.model.train import Run, eval_vae, fit, latent_stats
 from edgegen.model.vae import VAE
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ VAE_FIELDS = ("height", "width", "chunk_frames", "latent_channels", "vae_enc_cha
               "vae_dec_channels", "vae_dec_blocks", "latent_mean", "latent_std")
 
 
-def load_vae(path: Path, cfg: ModelConfig) -> tuple[VAE, ModelConfig]:
+def load_vae(path: Path, cfg: ModelConfig, tcfg: TrainConfig | None = None) -> tuple[VAE, ModelConfig]:
     """The trained VAE (EMA weights, frozen) and `cfg` with the VAE's geometry and latent statistics."""
     ck = load_checkpoint(path)
     if ck.kind not in ("vae", "teacher", "student") or "vae" not in ck.model:
@@ -49,7 +49,21 @@ def load_vae(path: Path, cfg: ModelConfig) -> tuple[VAE, ModelConfig]:
     cfg = replace(cfg, **{f: getattr(ck.config, f) for f in VAE_FIELDS})
     vae = VAE(cfg)
     vae.load_state_dict({k: v.float() for k, v in ck.weights()["vae"].items()})
-    return vae.eval().requires_grad_(False), cfg
+    vae.eval().requires_grad_(False)
+    if ck.kind == "vae" and tcfg is not None and "vae" in ck.ema:
+        # A VAE stopped early can have an EMA that still lags the raw weights: keep the better one
+        # (held-out PSNR) and recompute the latent statistics for it.
+        raw = VAE(cfg)
+        raw.load_state_dict({k: v.float() for k, v in ck.model["vae"].items()})
+        raw.eval().requires_grad_(False)
+        p_ema, p_raw = eval_vae(vae, cfg, tcfg), eval_vae(raw, cfg, tcfg)
+        log.info("VAE %s: held-out PSNR %.2f dB (EMA), %.2f dB (raw weights)", path, p_ema, p_raw)
+        if p_raw > p_ema:
+            log.info("using the raw VAE weights (better than the EMA)")
+            vae = raw
+            mean, std = latent_stats(vae, cfg, tcfg)
+            cfg = replace(cfg, latent_mean=tuple(mean), latent_std=tuple(std))
+    return vae, cfg
 
 
 @torch.no_grad()
@@ -136,7 +150,7 @@ def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     vae_path = run.vae or run.out / "vae" / "last.safetensors"
     if not Path(vae_path).exists():
         raise UserError(f"no VAE at {vae_path}; run 'edgegen train vae --config {cfg.name}' first or pass --vae PATH")
-    vae, cfg = load_vae(Path(vae_path), cfg)
+    vae, cfg = load_vae(Path(vae_path), cfg, tcfg)
     cfg = replace(cfg, vocab_size=tokenizer_for(cfg).vocab_size)
     pool, val = latent_pools(Path(vae_path), vae, cfg, tcfg, run)
     torch.manual_seed(tcfg.seed + 1)
@@ -151,7 +165,8 @@ def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         return loss, {}, B
 
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
-        return cfg, {"heldout_loss": heldout_loss(ema["text"], ema["dit"], val, tcfg, run.device)}
+        return cfg, {"heldout_loss": heldout_loss(ema["text"], ema["dit"], val, tcfg, run.device),
+                     "heldout_loss_raw": heldout_loss(text, dit, val, tcfg, run.device)}
 
     return fit("teacher", cfg, tcfg, run, {"text": text, "dit": dit}, loss_fn, frozen={"vae": vae.to(run.device)},
                before_save=before_save, extra={"vae": str(vae_path)})
