@@ -199,6 +199,16 @@ def test_trt_versions() -> None:
     assert "Attention" not in table["versions"]["10.3"]["ops"]
 
 
+def test_export_cli_reuses_cached_stages(bundle_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgegen.cli import main
+
+    # same config, seed and settings as the session's bundle: every stage is cached, parity reruns
+    assert main(["export", "--untrained", "tiny", "--out", str(bundle_copy), "--precision", "fp32,fp16"]) == 0
+    summary = capsys.readouterr().out
+    assert "fp32: max rel err" in summary and "fp16:" in summary
+    assert load_bundle(bundle_copy).precisions == ("fp32", "fp16")
+
+
 def test_export_and_inspect_cli(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edgegen.cli import main
 
