@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -331,6 +333,9 @@ def validate_manifest(data: Any) -> list[str]:
         problems += [f"{section}.{k} is missing" for k in keys if k not in data[section]]
     if problems:
         return problems
+    problems += _validate_numbers(data)
+    if not isinstance(data["model"]["config"], dict):
+        problems.append("model.config must be an object")
     files = data["files"]
     for name, record in files.items():
         if not (isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("bytes"), int)):
@@ -338,7 +343,7 @@ def validate_manifest(data: Any) -> list[str]:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             problems.append(f"files[{name!r}] must be a plain path inside the bundle")
     problems += _validate_sampler(data["sampler"])
-    if data["tokenizer"]["file"] not in files:
+    if not _listed(data["tokenizer"]["file"], files):
         problems.append(f"tokenizer file {data['tokenizer']['file']!r} is not listed in files")
     if not data["precisions"]:
         problems.append("no precisions")
@@ -353,14 +358,51 @@ def validate_manifest(data: Any) -> list[str]:
     return problems
 
 
+# Geometry the runtime computes buffer shapes from: whole numbers > 0.
+_COUNTS = {
+    "video": ("height", "width", "chunk_frames", "fps"),
+    "latent": ("channels", "height", "width"),
+    "cache": ("slots", "tokens_per_slot"),
+    "tokenizer": ("max_len",),
+    "sampler": ("default_steps",),
+}
+_STEP_KEY = re.compile(r"[1-9][0-9]*")  # "2", not "02" or "²": steps_available round-trips to it
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _listed(name: Any, files: Mapping[str, Any]) -> bool:
+    """`name` is a file name listed in `files` (a non-string, e.g. a list, is not; nor a crash)."""
+    return isinstance(name, str) and name in files
+
+
+def _validate_numbers(data: Mapping[str, Any]) -> list[str]:
+    problems = [
+        f"{section}.{key} is {data[section][key]!r}, expected a whole number > 0"
+        for section, keys in _COUNTS.items()
+        for key in keys
+        if not _is_count(data[section][key])
+    ]
+    t_ctx = data["sampler"]["t_ctx"]
+    if not (_is_number(t_ctx) and 0.0 <= t_ctx <= 1.0):
+        problems.append(f"sampler.t_ctx is {t_ctx!r}, expected a number from 0 to 1")
+    return problems
+
+
 def _validate_sampler(sampler: Mapping[str, Any]) -> list[str]:
     problems = []
     schedules = sampler["schedules"]
     if not isinstance(schedules, dict) or not schedules:
         return ["sampler.schedules must map step counts to time lists"]
     for steps, times in schedules.items():
-        ok = steps.isdigit() and isinstance(times, list) and len(times) == int(steps) + 1
-        ok = ok and all(isinstance(t, (int, float)) for t in times) and times[0] == 1.0 and times[-1] == 0.0
+        ok = _STEP_KEY.fullmatch(steps) is not None and isinstance(times, list) and len(times) == int(steps) + 1
+        ok = ok and all(_is_number(t) for t in times) and times[0] == 1.0 and times[-1] == 0.0
         ok = ok and all(a > b for a, b in itertools.pairwise(times))
         if not ok:
             problems.append(f"sampler.schedules[{steps!r}] must be {steps}+1 decreasing times from 1 to 0")
@@ -375,11 +417,13 @@ def _validate_component(where: str, spec: Any, files: Mapping[str, Any]) -> list
     problems = [f"{where}.{k} is missing" for k in ("file", "inputs", "outputs", "opset") if k not in spec]
     if problems:
         return problems
-    if spec["file"] not in files:
+    if not _listed(spec["file"], files):
         problems.append(f"{where}.file {spec['file']!r} is not listed in files")
     variants = spec.get("variants", {})
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) and v.get("file") in files for v in variants.values()):
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) and _listed(v.get("file"), files) for v in variants.values()):
         problems.append(f"{where}.variants must map backend names to {{\"file\": ...}} entries listed in files")
+    if not _is_count(spec["opset"]):
+        problems.append(f"{where}.opset is {spec['opset']!r}, expected a whole number > 0")
     for side in ("inputs", "outputs"):
         tensors = spec[side]
         if not isinstance(tensors, list) or not tensors:
