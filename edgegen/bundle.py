@@ -183,7 +183,13 @@ class Bundle:
         return str(self.manifest["files"][name]["sha256"])
 
     def tokenizer(self) -> Tokenizer:
-        return Tokenizer.load(self.file(self.manifest["tokenizer"]["file"]))
+        """The bundle's tokenizer; a BundleError naming the file when it is not a tokenizer."""
+        path = self.file(self.manifest["tokenizer"]["file"])
+        try:
+            return Tokenizer.load(path)
+        except (OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BundleError(f"{path} is not a valid tokenizer file ({reason}); re-export the bundle") from None
 
     def _check_precision(self, precision: str) -> None:
         if precision not in self.components:

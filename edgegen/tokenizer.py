@@ -37,8 +37,14 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        data = json.loads(Path(path).read_text())
-        return cls(words=tuple(data["words"]), max_len=int(data["max_len"]))
+        """Read a saved tokenizer; ValueError saying what is wrong when the file is not one."""
+        data = json.loads(Path(path).read_text())  # not JSON / not UTF-8 → ValueError
+        words, max_len = (data.get("words"), data.get("max_len")) if isinstance(data, dict) else (None, None)
+        if not (isinstance(words, list) and words[:1] == [PAD] and all(isinstance(w, str) for w in words)):
+            raise ValueError(f'"words" must be a list of strings starting with {PAD!r}')
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f'"max_len" must be a whole number > 0, not {max_len!r}')
+        return cls(words=tuple(words), max_len=max_len)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"words": list(self.words), "max_len": self.max_len}, indent=1))
