@@ -30,6 +30,7 @@ import torch
 from edgegen import __version__, sampling
 from edgegen.bundle import (
     MANIFEST,
+    Bundle,
     TensorSpec,
     bundle_from_manifest,
     component_json,
@@ -288,7 +289,7 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _check_parity(source: ExportSource, bundle: Any, report: ExportReport, precisions: Sequence[str], frames: int, seed: int) -> None:
+def _check_parity(source: ExportSource, bundle: Bundle, report: ExportReport, precisions: Sequence[str], frames: int, seed: int) -> None:
     """Per-component relative error on captured real inputs and end-to-end PSNR; raise if below the gates."""
     t0 = time.perf_counter()
     tokenizer = source.tokenizer
