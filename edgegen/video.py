@@ -98,7 +98,10 @@ def check_writable(path: str | Path, force: bool = False, format: str | None = N
         _check_stdout()
         return
     target = Path(path)
-    _check_target(target, kind, force)
+    try:
+        _check_target(target, kind, force)
+    except OSError as exc:  # e.g. a folder on the way that this user may not enter
+        raise _write_error(target, exc) from exc
     _remove_temp(_make_temp(target, kind))
 
 
@@ -550,8 +553,12 @@ def read_video(path: str | Path, format: str | None = None) -> Video:
     if kind == "stdout":
         raise UserError("reading video from stdin is not supported; save it to a .y4m file first")
     target = Path(path)
-    if not target.exists():
-        raise UserError(f"{target} does not exist")
+    try:
+        exists = target.exists()
+    except OSError as exc:  # e.g. a folder on the way that this user may not enter
+        raise UserError(f"cannot read {target}: {exc.strerror or exc}; check its permissions") from exc
+    if not exists:
+        raise UserError(f"{target} does not exist; check the path")
     try:
         reader = {"mp4": _read_av, "gif": _read_gif, "y4m": _read_y4m, "png": _read_png_folder}[
             kind
