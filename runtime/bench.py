@@ -81,6 +81,8 @@ DEFAULT_PROMPT = "a red circle moving right"
 PERCENTILES = (50, 90, 95, 99)
 # Per-call latencies (ms) in each result, in table order.
 COMPONENTS = ("text_encoder", "denoise_step", "commit", "vae_decode", "first_frame", "generate")
+# Process CPU time per call (ms); "generate" is a whole clip's.
+CPU_COMPONENTS = ("text_encoder", "denoise_step", "commit", "vae_decode", "generate")
 CHART_COMPONENTS = ("denoise_step", "commit", "vae_decode")
 # Pause between two workers' turns: the previous one's thread pool stops spinning before the next starts.
 SETTLE_S = 0.05
@@ -104,7 +106,12 @@ def summarize(seconds: Sequence[float]) -> dict[str, Any] | None:
 
 
 class Recorder(Hooks):
-    """Collects every per-call latency the stream reports, across all the streams it is given to."""
+    """Collects every per-call latency the stream reports, across all the streams it is given to.
+
+    Beside each call's wall-clock latency it keeps the process CPU time since the previous event:
+    the call's CPU work summed over its threads (plus the loop's few microseconds of numpy). On a
+    machine shared with other jobs the wall clock also counts waiting for a core; CPU time does not.
+    """
 
     def __init__(self, steps: int) -> None:
         self.text: list[float] = []
@@ -113,18 +120,33 @@ class Recorder(Hooks):
         self.decode: list[float] = []
         self.first_frame: list[float] = []
         self.later_chunks: list[float] = []  # chunks ≥ 1: the steady streaming rate
+        self.cpu: dict[str, list[float]] = {name: [] for name in CPU_COMPONENTS[:-1]}
+        self._mark = time.process_time()
+
+    def begin(self) -> None:
+        """Call just before iterating a stream: its text encoder's CPU time counts from here."""
+        self._mark = time.process_time()
+
+    def _cpu(self, name: str) -> None:
+        now = time.process_time()
+        self.cpu[name].append(now - self._mark)
+        self._mark = now
 
     def on_text(self, event: TextEvent) -> None:
         self.text.append(event.seconds)
+        self._cpu("text_encoder")
 
     def on_step(self, event: StepEvent) -> None:
         if event.step == event.steps:  # the commit pass
             self.commit.append(event.seconds)
+            self._cpu("commit")
         else:
             self.steps[event.step].append(event.seconds)
+            self._cpu("denoise_step")
 
     def on_chunk(self, event: ChunkEvent) -> None:
         self.decode.append(event.decode_seconds)
+        self._cpu("vae_decode")
         if event.chunk == 0:
             self.first_frame.append(event.elapsed)
         else:
@@ -299,25 +321,26 @@ class Measurement:
         self.rss_start = current_rss_bytes()
         self.gen, self.loaded = load_timed(spec)
         self.recorder = Recorder(spec.steps)
-        self.clips: list[float] = []
-        self.cpu_s = 0.0
+        self.clips: list[float] = []  # wall seconds per timed clip
+        self.clips_cpu: list[float] = []  # process CPU seconds per timed clip
         self._clips_run = 0
 
     def clip(self, timed: bool) -> None:
-        """Generate one whole clip; a timed one feeds the hooks' recorder and the clip clock."""
+        """Generate one whole clip; a timed one feeds the hooks' recorder and the clip clocks."""
         spec, seed = self.spec, self.spec.seed + self._clips_run
         self._clips_run += 1
-        hooks = self.recorder if timed else None
         cpu, start = time.process_time(), time.perf_counter()
-        for _ in self.gen.stream(spec.prompt, seed=seed, frames=spec.frames, steps=spec.steps, hooks=hooks):
+        stream = self.gen.stream(spec.prompt, seed=seed, frames=spec.frames, steps=spec.steps, hooks=self.recorder if timed else None)
+        self.recorder.begin()
+        for _ in stream:
             pass
         if timed:
             self.clips.append(time.perf_counter() - start)
-            self.cpu_s += time.process_time() - cpu
+            self.clips_cpu.append(time.process_time() - cpu)
 
     def result(self) -> dict[str, Any]:
         """The combination's figures (status ok): latencies, throughput, memory, load, CPU use."""
-        rec, bundle, wall = self.recorder, self.gen.bundle, sum(self.clips)
+        rec, bundle, wall, cpu = self.recorder, self.gen.bundle, sum(self.clips), sum(self.clips_cpu)
         fps = self.spec.frames / float(np.median(self.clips))
         steady = summarize(rec.later_chunks)
         return {
@@ -335,13 +358,14 @@ class Measurement:
                 "generate": summarize(self.clips),
             },
             "denoise_steps": [summarize(per_step) for per_step in rec.steps],
+            "cpu_latency": {**{name: summarize(rec.cpu[name]) for name in CPU_COMPONENTS[:-1]}, "generate": summarize(self.clips_cpu)},
             "throughput": {
                 "fps": fps,
                 "steady_fps": bundle.chunk_frames / (steady["p50_ms"] / 1e3) if steady else None,
                 "realtime_factor": fps / bundle.fps,
             },
             "memory": {"rss_start_bytes": self.rss_start, "peak_rss_bytes": peak_rss_bytes(), "gpu": None},
-            "cpu": {"wall_s": wall, "process_cpu_s": self.cpu_s, "utilization": self.cpu_s / wall if wall else None},
+            "cpu": {"wall_s": wall, "process_cpu_s": cpu, "utilization": cpu / wall if wall else None},
         }
 
 
@@ -562,26 +586,27 @@ def _check_counts(settings: Settings) -> None:
 
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
-    """Give every ok result `speedup` = baseline / own latency (p50 and p95) per component, and
-    `cpu_speedup` = baseline / own process CPU time over the timed clips (the same clips for all).
+    """Give every ok result its speed-ups over the torch fp32 eager baseline (> 1: faster).
 
-    > 1 means faster (or less CPU work) than the torch fp32 eager baseline; None when the
-    baseline did not run. On an oversubscribed machine the wall clock mostly measures waiting for
-    a core; CPU time measures the work, so the two ratios together say how much is which.
+    `speedup[component]` = baseline / own wall-clock latency, for p50 and p95; `cpu_speedup`
+    = baseline / own process CPU time per call (p50). All None when the baseline did not run. On an
+    oversubscribed machine the wall clock is partly waiting for a core and CPU time is the work,
+    so the two ratios side by side say how much of a difference is which.
     """
     base = next((r for r in results if (r["backend"], r["precision"]) == BASELINE and r["status"] == "ok"), None)
     for result in results:
         if result["status"] != "ok":
             continue
-        result["speedup"] = {name: _ratio(base, result, name) for name in COMPONENTS}
-        own_cpu = result["cpu"]["process_cpu_s"]
-        result["cpu_speedup"] = base["cpu"]["process_cpu_s"] / own_cpu if base is not None and own_cpu > 0 else None
+        result["speedup"] = {name: _ratio(base, result, "latency", name) for name in COMPONENTS}
+        result["cpu_speedup"] = {name: (_ratio(base, result, "cpu_latency", name) or {}).get("p50") for name in CPU_COMPONENTS}
 
 
-def _ratio(base: Mapping[str, Any] | None, result: Mapping[str, Any], name: str) -> dict[str, float] | None:
-    if base is None or base["latency"][name] is None or result["latency"][name] is None:
+def _ratio(base: Mapping[str, Any] | None, result: Mapping[str, Any], section: str, name: str) -> dict[str, float] | None:
+    if base is None or base[section][name] is None or result[section][name] is None:
         return None
-    ref, own = base["latency"][name], result["latency"][name]
+    ref, own = base[section][name], result[section][name]
+    if own["p50_ms"] <= 0 or own["p95_ms"] <= 0:  # a call too quick for the CPU clock's resolution
+        return None
     return {q: ref[f"{q}_ms"] / own[f"{q}_ms"] for q in ("p50", "p95")}
 
 
@@ -666,7 +691,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         + (f"{s['threads']} CPU threads each" if s["threads"] else "each backend's default CPU threads"),
         "machine: " + _machine_line(m),
         "",
-        f"{'backend':<10} {'prec':<5} {'per call':<13} {'n':>5} {'p50 ms':>9} {'p90':>9} {'p95':>9} {'p99':>9} {'mean':>9}  {'speed-up p50 (p95) vs torch fp32'}",
+        "wall-clock ms per call; cpu = process CPU ms per call (all threads); speed-ups are torch fp32 eager / this",
+        f"{'backend':<10} {'prec':<5} {'per call':<13} {'n':>5} {'p50 ms':>9} {'p90':>9} {'p95':>9} {'p99':>9} {'mean':>9} {'cpu p50':>9}"
+        f"  {'speed-up p50 (p95)':<18} {'cpu':>6}",
     ]
     for r in report["results"]:
         if r["status"] == "ok":
@@ -701,10 +728,12 @@ def _result_rows(r: Mapping[str, Any], frames: int) -> list[str]:
         if stats is None:
             rows.append(f"{head} {label:<13} {0:>5}  (none: too few chunks)")
             continue
-        ratio = r.get("speedup", {}).get(name)
+        ratio, cpu_ratio = r["speedup"][name], r["cpu_speedup"].get(name)
         ratio_text = f"{ratio['p50']:.2f}x ({ratio['p95']:.2f}x)" if ratio else "-"
+        cpu = r["cpu_latency"].get(name)
         values = "".join(f" {stats[k]:>9.3f}" for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms"))
-        rows.append(f"{head} {label:<13} {stats['n']:>5}{values}  {ratio_text}")
+        values += f" {cpu['p50_ms']:>9.3f}" if cpu else f" {'-':>9}"
+        rows.append(f"{head} {label:<13} {stats['n']:>5}{values}  {ratio_text:<18} {f'{cpu_ratio:.2f}x' if cpu_ratio else '-':>6}")
     t, mem, load = r["throughput"], r["memory"], r["load"]
     gpu = f", GPU +{mem['gpu']['peak_increase_bytes'] / 2**20:.0f} MiB" if mem["gpu"] else ""
     steady = f" (steady {t['steady_fps']:.1f})" if t["steady_fps"] else ""
@@ -712,7 +741,6 @@ def _result_rows(r: Mapping[str, Any], frames: int) -> list[str]:
         f"{'':16} {t['fps']:.1f} fps{steady}, real-time factor {t['realtime_factor']:.2f}x; load {load['total_s']:.2f} s; "
         f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (+{(mem['peak_rss_bytes'] - mem['rss_start_bytes']) / 2**20:.0f}){gpu}; "
         f"{r['threads'] or '?'} threads, {r['cpu']['utilization']:.2f} cores busy"
-        + (f", CPU time {r['cpu_speedup']:.2f}x less than torch fp32" if r.get("cpu_speedup") else "")
     )
     return rows
 
@@ -811,7 +839,7 @@ _STATS = {
 }
 _RATIO = {"type": ["object", "null"], "required": ["p50", "p95"], "properties": {"p50": _NUM, "p95": _NUM}}
 _OK_RESULT = {
-    "required": ["latency", "denoise_steps", "throughput", "memory", "load", "threads", "cpu", "speedup", "cpu_speedup"],
+    "required": ["latency", "denoise_steps", "throughput", "memory", "load", "threads", "cpu", "cpu_latency", "speedup", "cpu_speedup"],
     "properties": {
         "latency": {"type": "object", "required": list(COMPONENTS), "properties": {c: _STATS for c in COMPONENTS}},
         "denoise_steps": {"type": "array", "minItems": 1, "items": _STATS},
@@ -841,7 +869,8 @@ _OK_RESULT = {
             "properties": {"wall_s": _NUM, "process_cpu_s": _NUM, "utilization": {"type": ["number", "null"]}},
         },
         "speedup": {"type": "object", "required": list(COMPONENTS), "properties": {c: _RATIO for c in COMPONENTS}},
-        "cpu_speedup": {"type": ["number", "null"]},
+        "cpu_latency": {"type": "object", "required": list(CPU_COMPONENTS), "properties": {c: _STATS for c in CPU_COMPONENTS}},
+        "cpu_speedup": {"type": "object", "required": list(CPU_COMPONENTS), "properties": {c: {"type": ["number", "null"]} for c in CPU_COMPONENTS}},
     },
 }
 REPORT_SCHEMA: dict[str, Any] = {

@@ -70,6 +70,8 @@ def test_ort_cpu_runs_and_every_component_is_timed(run: dict[str, Any]) -> None:
     assert lat["commit"]["n"] == REPEAT * (chunks - 1)  # the last chunk's commit is skipped
     assert lat["vae_decode"]["n"] == REPEAT * chunks
     assert lat["first_frame"]["n"] == lat["generate"]["n"] == REPEAT
+    assert {k: v["n"] for k, v in ort["cpu_latency"].items()} == {k: lat[k]["n"] for k in bench.CPU_COMPONENTS}
+    assert ort["cpu"]["process_cpu_s"] == pytest.approx(ort["cpu_latency"]["generate"]["mean_ms"] * REPEAT / 1e3)
     assert ort["throughput"]["fps"] == pytest.approx(FRAMES / (lat["generate"]["p50_ms"] / 1e3))
     assert ort["throughput"]["realtime_factor"] == pytest.approx(ort["throughput"]["fps"] / 24)
     assert ort["memory"]["peak_rss_bytes"] >= ort["memory"]["rss_start_bytes"] > 0
@@ -108,10 +110,11 @@ def test_speedups_against_the_torch_baseline(run: dict[str, Any]) -> None:
             own, ref = result["latency"][name], base["latency"][name]
             assert ratio["p50"] == pytest.approx(ref["p50_ms"] / own["p50_ms"])
             assert ratio["p95"] == pytest.approx(ref["p95_ms"] / own["p95_ms"])
-        if base["status"] == "ok":
-            assert result["cpu_speedup"] == pytest.approx(base["cpu"]["process_cpu_s"] / result["cpu"]["process_cpu_s"])
-        else:
-            assert result["cpu_speedup"] is None
+        for name, ratio in result["cpu_speedup"].items():
+            if base["status"] != "ok" or result["cpu_latency"][name] is None:
+                assert ratio is None
+            else:
+                assert ratio == pytest.approx(base["cpu_latency"][name]["p50_ms"] / result["cpu_latency"][name]["p50_ms"])
     if base["status"] == "ok":
         assert base["speedup"]["denoise_step"] == {"p50": 1.0, "p95": 1.0}
 
@@ -165,8 +168,8 @@ def _result(backend: str, precision: str, p50: float, status: str = "ok") -> dic
     stats = {"p50_ms": p50, "p95_ms": 2 * p50}
     latency = {name: dict(stats) for name in bench.COMPONENTS}
     latency["commit"] = None
-    return {"backend": backend, "precision": precision, "status": status, "reason": None, "latency": latency,
-            "cpu": {"process_cpu_s": p50 / 4}}
+    cpu = {name: {"p50_ms": p50 / 4, "p95_ms": p50 / 2} for name in bench.CPU_COMPONENTS}
+    return {"backend": backend, "precision": precision, "status": status, "reason": None, "latency": latency, "cpu_latency": cpu}
 
 
 def test_add_speedups_divides_the_baseline_by_each_result() -> None:
@@ -176,25 +179,29 @@ def test_add_speedups_divides_the_baseline_by_each_result() -> None:
     assert results[2]["speedup"]["generate"] == {"p50": 2.0, "p95": 2.0}
     assert results[0]["speedup"]["vae_decode"] == {"p50": 1.0, "p95": 1.0}
     assert results[1]["speedup"]["commit"] is None  # no samples: no ratio
-    assert results[1]["cpu_speedup"] == 4.0 and results[0]["cpu_speedup"] == 1.0
+    assert results[1]["cpu_speedup"]["denoise_step"] == 4.0 and results[0]["cpu_speedup"]["generate"] == 1.0
 
 
 def test_add_speedups_without_a_baseline_gives_none() -> None:
     results = [_result("torch", "fp32", 8.0, status="skipped"), _result("ort-cpu", "fp32", 4.0)]
     bench.add_speedups(results)
     assert "speedup" not in results[0]
-    assert all(v is None for v in results[1]["speedup"].values()) and results[1]["cpu_speedup"] is None
+    assert all(v is None for v in [*results[1]["speedup"].values(), *results[1]["cpu_speedup"].values()])
 
 
 def test_recorder_sees_every_call_of_a_real_stream(bundle_dir: Path) -> None:
     gen = Generator.load(load_bundle(bundle_dir), backend="ort-cpu", precision="fp32")
     recorder = bench.Recorder(steps=2)
-    frames = list(gen.stream(bench.DEFAULT_PROMPT, frames=12, steps=2, hooks=recorder))  # 3 chunks
+    stream = gen.stream(bench.DEFAULT_PROMPT, frames=12, steps=2, hooks=recorder)  # 3 chunks
+    recorder.begin()
+    frames = list(stream)
     assert len(frames) == 12
     assert len(recorder.text) == 1 and [len(s) for s in recorder.steps] == [3, 3]
     assert len(recorder.commit) == 2 and len(recorder.decode) == 3
     assert len(recorder.first_frame) == 1 and len(recorder.later_chunks) == 2
     assert recorder.first_frame[0] > recorder.text[0] + recorder.steps[0][0]
+    assert {k: len(v) for k, v in recorder.cpu.items()} == {"text_encoder": 1, "denoise_step": 6, "commit": 2, "vae_decode": 3}
+    assert all(t >= 0 for v in recorder.cpu.values() for t in v)
 
 
 def test_a_failing_worker_is_reported_and_the_others_go_on(bundle_dir: Path) -> None:
