@@ -204,7 +204,14 @@ class Bundle:
 
 def load_bundle(path: str | os.PathLike[str], *, verify_files: bool = True) -> Bundle:
     """Read and validate a bundle folder (or its manifest.json); raises a one-line BundleError."""
-    root = Path(path)
+    try:
+        return _load_bundle(Path(path), verify_files)
+    except OSError as exc:  # a folder or file this user may not read, an I/O error
+        where = exc.filename or path
+        raise BundleError(f"cannot read {where}: {exc.strerror or exc}; check the bundle's permissions") from None
+
+
+def _load_bundle(root: Path, verify_files: bool) -> Bundle:
     if root.name == MANIFEST and root.is_file():
         root = root.parent
     if not root.exists():
