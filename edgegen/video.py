@@ -161,9 +161,16 @@ def _remove_temp(temp: Path) -> None:
             temp.unlink()
 
 
+_FULL_HINTS = {
+    errno.ENOSPC: "; free some space or choose another disk",
+    errno.EDQUOT: "; free some space or choose another disk",
+    errno.EFBIG: "; the file is over this system's size limit (ulimit -f): write fewer frames or to another disk",
+}
+
+
 def _write_error(target: Path | str, exc: OSError) -> UserError:
     reason = exc.strerror or str(exc) or type(exc).__name__
-    hint = "; free some space or choose another disk" if exc.errno == errno.ENOSPC else ""
+    hint = _FULL_HINTS.get(exc.errno, "")
     return UserError(f"cannot write {target}: {reason}{hint}".replace("\n", " "))
 
 
