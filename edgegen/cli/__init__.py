@@ -84,8 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _register_commands()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(args=args, prog_name="edgegen", standalone_mode=False)
-        return 0
+        code = app(args=args, prog_name="edgegen", standalone_mode=False)
+        # typer >= 0.20 returns an Exit's code instead of raising it, Ctrl-C included (as 130).
+        if code == 130:
+            print("edgegen: interrupted", file=sys.stderr)
+        return code if isinstance(code, int) else 0
+    except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # typer >= 0.20 exits 1 on a closed pipe
+            return 141
+        raise
     except _EXIT as exc:
         return exc.exit_code
     except _USAGE as exc:
