@@ -448,6 +448,8 @@ def _latency(bundle: Bundle, settings: Settings, held: cap.Captured, report: dic
     p = settings.precision
     variants = _has_variants(report)
     result: dict[str, Any] = {"backend": "ort-cpu", "threads": backend.threads, "wall": {}, "cpu": {}}
+    if hasattr(os, "getloadavg"):
+        result["load"] = {"loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count() or 1}
     comps = [c for c in ("denoiser", "vae_decoder") if c in bundle.components[p]]
     for comp in comps:
         feeds = cap.subsample(held[comp], 8)
