@@ -46,7 +46,7 @@ INSTALL_HINTS: dict[str, str] = {
     "ort-cpu": 'pip install "edgegen"',
     "ort-cuda": 'pip install "edgegen[gpu]" (and an NVIDIA GPU with CUDA 12)',
     "tensorrt": 'pip install "edgegen[tensorrt]" (and an NVIDIA GPU)',
-    "trt-rtx": "pip install tensorrt-rtx (and an NVIDIA RTX GPU)",
+    "trt-rtx": "pip install onnxruntime-ep-nv-tensorrt-rtx (and an NVIDIA RTX GPU, compute capability 7.5, 8.6, 8.9 or 12.x)",
     "torch": 'pip install "edgegen[train]"',
 }
 
