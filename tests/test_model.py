@@ -20,6 +20,15 @@ from edgegen.model.components import (
 from edgegen.model.config import ModelConfig, load_config
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster than two (no OpenMP hand-offs) and kinder to a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cfg() -> ModelConfig:
     c, _ = load_config("tiny")
