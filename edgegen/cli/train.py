@@ -3,6 +3,11 @@
 Stages build on each other: the teacher needs `<out>/vae/last.safetensors` (or `--vae`), the
 student needs `<out>/teacher/last.safetensors` (or `--teacher`). `--minutes` bounds one
 invocation's wall clock; `--resume` continues exactly where the last checkpoint left off.
+`--steps` is where to stop; the learning-rate schedule always spans the config's `steps`.
+
+    edgegen train vae     --config default --minutes 60 [--resume]   # -> runs/default/vae/
+    edgegen train teacher --config default --minutes 120 [--resume]  # encodes runs/default/latents.npz once
+    edgegen train student --config default --minutes 60 [--resume]  # rolls the teacher out once (student/pairs/)
 """
 
 from __future__ import annotations
