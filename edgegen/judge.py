@@ -78,6 +78,7 @@ FLICKER_LEVELS = 6.0  # std (0-255) of the per-frame background offset
 AREA_JITTER = 0.15  # median |log area ratio| between consecutive frames
 PRESENT_FRACTION = 0.9  # an object must be found in this fraction of frames
 SWAP_FRACTION = 0.1  # frames whose colour is far from the track's colour, or that jump
+COLOUR_MIX_MIN = 0.6  # an object's core may be this diluted with background (blur) and keep its colour
 SWAP_COLOUR = 60.0  # RGB distance from the track's median colour that counts as another object
 JUMP = 0.2  # centroid jump (frame units) in one frame = a swap / teleport
 SHARP_MIN = 0.3
@@ -242,6 +243,7 @@ class Blob:
     area: float  # soft coverage, fraction of the frame
     centre: tuple[float, float]  # (x, y) frame units
     colour: np.ndarray  # RGB float of the core
+    background: np.ndarray  # RGB float of the background behind the core
     colour_name: str
     colour_distance: float
     harmonics: np.ndarray  # |M_k| for k = 3, 4, 5
@@ -250,8 +252,13 @@ class Blob:
     pixels: int  # thresholded pixel count
 
 
-def _nearest_colour(rgb: np.ndarray) -> tuple[str, float]:
-    d = np.linalg.norm(_PALETTE_RGB - rgb, axis=-1)
+def _nearest_colour(rgb: np.ndarray, background: np.ndarray) -> tuple[str, float]:
+    """The palette colour nearest to `rgb`, allowing it to be mixed with the background down to
+    COLOUR_MIX_MIN (blur darkens small objects: a blurred white triangle looks grey): the
+    distance from `rgb` to the segment background -> palette colour, over mixes in [min, 1]."""
+    towards = _PALETTE_RGB - background  # [K, 3]
+    mix = np.clip(((rgb - background) * towards).sum(-1) / np.maximum((towards**2).sum(-1), 1.0), COLOUR_MIX_MIN, 1.0)
+    d = np.linalg.norm(background + mix[:, None] * towards - rgb, axis=-1)
     i = int(np.argmin(d))
     return _PALETTE_NAMES[i], float(d[i])
 
@@ -262,9 +269,10 @@ def _measure(frame: int, pixels: np.ndarray, bg: np.ndarray, contrast: np.ndarra
     region: where coverage counts; core: the component's pixels."""
     h_frame, w_frame = size
     d = contrast[core]
-    colour_px = pixels[core][d >= np.quantile(d, 0.6)]
-    colour = colour_px.mean(axis=0)
-    name, dist = _nearest_colour(colour)
+    top = d >= np.quantile(d, 0.6)
+    colour = pixels[core][top].mean(axis=0)
+    background = bg[core][top].mean(axis=0)
+    name, dist = _nearest_colour(colour, background)
     delta = colour - bg  # [h, w, 3] object minus background, per pixel
     alpha = np.einsum("hwc,hwc->hw", pixels - bg, delta) / np.maximum(np.einsum("hwc,hwc->hw", delta, delta), 1.0)
     alpha = np.clip(alpha, 0.0, 1.0) * region
@@ -290,6 +298,7 @@ def _measure(frame: int, pixels: np.ndarray, bg: np.ndarray, contrast: np.ndarra
         area=total / (h_frame * w_frame),
         centre=((cx + origin[0]) / w_frame, (cy + origin[1]) / h_frame),
         colour=colour,
+        background=background,
         colour_name=name,
         colour_distance=dist,
         harmonics=np.abs(moments),
@@ -507,7 +516,8 @@ class _TrackSummary:
 def _summarise(track: _Track) -> _TrackSummary:
     seen = track.seen
     colour = np.median(np.stack([b.colour for b in seen]), axis=0)
-    colour_name, colour_dist = _nearest_colour(colour)
+    background = np.median(np.stack([b.background for b in seen]), axis=0)
+    colour_name, colour_dist = _nearest_colour(colour, background)
     shape, shape_scores = classify_shape(np.mean([b.harmonics for b in seen], axis=0))
     motion, motion_details = classify_motion(track, shape)
     size, area = classify_size(track, motion)

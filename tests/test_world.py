@@ -235,7 +235,7 @@ def test_steady_movers_move_their_way_and_never_turn_back() -> None:
 def test_render_is_fast() -> None:
     scene = parse_prompt("a large red star rotating and a small blue triangle moving left")
     best = min(_time(lambda: render(scene, 1, 16, 64)) for _ in range(5))
-    assert best < 0.02  # measured ~2-3 ms; the bound only catches a lost vectorisation
+    assert best < 0.25  # ~2-3 ms on an idle core; the bound only catches a lost vectorisation
 
 
 def _time(fn) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from edgegen.cli.world import check_frames, check_seed, check_size
+from edgegen.cli.world import MAX_SEED, check_frames, check_seed, check_size
 from edgegen.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,8 @@ def eval_command(
     check_size(size)
     check_seed(prompt_seed)
     seed_list = _parse_seeds(seeds)
+    if max(seed_list) + n - 1 > MAX_SEED:  # prompt i runs with base + i
+        raise UserError(f"--seeds {max(seed_list)} with --n {n} would use seeds past {MAX_SEED}; lower the seed")
     if truth and bundle is not None:
         raise UserError("pass either --truth or --bundle, not both")
     _prepare_out(out, force)
