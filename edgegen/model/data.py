@@ -85,5 +85,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pool_key(vae_path: Path, cfg: ModelConfig, tcfg: TrainConfig) -> str:
-    return f"{file_sha256(vae_path)}:{tcfg.seed}:{tcfg.pool_clips}:{tcfg.clip_chunks}:{tcfg.captions_per_clip}:{cfg.max_len}"
+def pool_key(vae_state: dict, cfg: ModelConfig, tcfg: TrainConfig) -> str:
+    """Identifies a latent pool: the exact VAE weights and statistics, and how the clips were drawn."""
+    h = hashlib.sha256()
+    for k in sorted(vae_state):
+        h.update(k.encode())
+        h.update(vae_state[k].detach().float().cpu().numpy().tobytes())
+    h.update(repr((cfg.latent_mean, cfg.latent_std)).encode())
+    return f"{h.hexdigest()}:{tcfg.seed}:{tcfg.pool_clips}:{tcfg.clip_chunks}:{tcfg.captions_per_clip}:{cfg.max_len}"

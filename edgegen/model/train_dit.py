@@ -89,9 +89,9 @@ def encode_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, n: int, seed: int
     return LatentPool(latents, tokens)
 
 
-def latent_pools(vae_path: Path, vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> tuple[LatentPool, LatentPool]:
-    """(train pool, held-out pool), cached in <out>/latents.npz keyed by the VAE file and the config."""
-    key = pool_key(vae_path, cfg, tcfg)
+def latent_pools(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> tuple[LatentPool, LatentPool]:
+    """(train pool, held-out pool), cached in <out>/latents.npz keyed by the VAE weights and the config."""
+    key = pool_key(vae.state_dict(), cfg, tcfg)
     cache, cache_val = run.out / "latents.npz", run.out / "latents_heldout.npz"
     pool, val = LatentPool.load(cache, key), LatentPool.load(cache_val, key)
     if pool is None:
@@ -150,9 +150,13 @@ def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     vae_path = run.vae or run.out / "vae" / "last.safetensors"
     if not Path(vae_path).exists():
         raise UserError(f"no VAE at {vae_path}; run 'edgegen train vae --config {cfg.name}' first or pass --vae PATH")
-    vae, cfg = load_vae(Path(vae_path), cfg, tcfg)
+    last = run.out / "teacher" / "last.safetensors"
+    if run.resume and last.exists():  # the VAE the run started with, even if the VAE stage went on since
+        vae, cfg = load_vae(last, cfg)
+    else:
+        vae, cfg = load_vae(Path(vae_path), cfg, tcfg)
     cfg = replace(cfg, vocab_size=tokenizer_for(cfg).vocab_size)
-    pool, val = latent_pools(Path(vae_path), vae, cfg, tcfg, run)
+    pool, val = latent_pools(vae, cfg, tcfg, run)
     torch.manual_seed(tcfg.seed + 1)
     text, dit = TextEncoder(cfg).to(run.device), DiT(cfg).to(run.device)
     B = tcfg.teacher.batch
