@@ -87,6 +87,41 @@ def test_quantized_bundle_runs_on_ort_cpu(int8: dict[str, Any]) -> None:
     assert np.mean(np.abs(clip.astype(float) - reference)) < 10  # and still close
 
 
+def test_the_portable_int8_files_run_on_ort_cpu_at_full_optimisation(int8: dict[str, Any]) -> None:
+    """The TensorRT-consumable file itself (not only the ORT-CPU variant) runs on ORT CPU."""
+    import onnxruntime as ort
+
+    bundle = load_bundle(int8["out"])
+    gen = _fp32_generator(int8["out"])
+    for comp, r in int8["report"]["components"].items():
+        session = ort.InferenceSession(str(int8["out"] / r["file"]), providers=["CPUExecutionProvider"])
+        entry = bundle.component("int8", comp)
+        feeds = {t.name: _sample(t) for t in entry.inputs}
+        outputs = session.run(None, feeds)
+        reference = gen.sessions[comp].run(feeds)
+        for spec, value in zip(entry.outputs, outputs, strict=True):
+            assert value.shape == spec.concrete_shape() and np.all(np.isfinite(value))
+            assert np.allclose(value, reference[spec.name], atol=0.5)
+
+
+def _fp32_generator(path: Path) -> Any:
+    from edgegen.runtime.generator import Generator
+
+    return Generator.load(path, backend="ort-cpu", precision="fp32")
+
+
+def _sample(spec: Any) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    shape = spec.concrete_shape()
+    if spec.dtype == "int64":
+        return rng.integers(1, 5, shape).astype(np.int64)
+    if spec.name == "t":
+        return np.full(shape, 0.5, np.float32)
+    if spec.name == "cache_valid":
+        return np.ones(shape, np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_every_qdq_is_symmetric_with_the_precision_type(precision: str, request: pytest.FixtureRequest) -> None:
     run = request.getfixturevalue(precision)
