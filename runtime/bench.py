@@ -508,6 +508,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
     steps = settings.steps if settings.steps is not None else bundle.default_steps
     if steps not in bundle.steps_available:
         raise UserError(f"--steps {steps} is not supported by this bundle; valid: {', '.join(map(str, bundle.steps_available))}")
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     machine = describe_machine()  # before the runs: the load average says how busy the machine was
     combos = plan(bundle, settings.backends, settings.precisions)
     for combo in combos:
@@ -522,7 +523,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": created,
         "command": settings.command,
         "machine": machine,
         "bundle": describe_bundle(bundle),
@@ -761,7 +762,7 @@ def draw_chart(report: Mapping[str, Any]) -> bytes:
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     s = report["settings"]
-    draw.text((pad, pad), f"edgegen bench: {report['bundle']['model']}, {s['steps']} steps - p50 bars, p90 whiskers (ms)", fill="black", font=font)
+    draw.text((pad, pad), f"edgegen bench: {report['bundle']['model']}, {s['steps']} steps - wall-clock ms per call, p50 bars, p90 whiskers", fill="black", font=font)
     top = 40
     for name in CHART_COMPONENTS:
         _panel(draw, font, ok, name, top, label_w, bar_w, row_h)
