@@ -9,5 +9,9 @@ Nothing here imports torch (a test proves it); backends are plug-ins (`edgegen.r
 """
 
 from edgegen.runtime.backends import Backend, Session, available_backends, resolve
+from edgegen.runtime.generator import ChunkEvent, Generator, Hooks, StepEvent, Stream, TextEvent
 
-__all__ = ["Backend", "Session", "available_backends", "resolve"]
+__all__ = [
+    "Backend", "ChunkEvent", "Generator", "Hooks", "Session", "StepEvent", "Stream", "TextEvent",
+    "available_backends", "resolve",
+]
