@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from edgegen.bundle import load_bundle
+from edgegen.cli import bench as cli_bench
 from edgegen.cli import main
 from edgegen.runtime import bench
 from edgegen.runtime.generator import Generator
@@ -124,7 +125,7 @@ def test_table_and_chart(run: dict[str, Any]) -> None:
     with Image.open(run["out"] / "b.png") as image:
         assert image.format == "PNG" and image.width > 200 and image.height > 100
         pixels = np.asarray(image.convert("RGB"))
-    assert (pixels == bench._COLOURS["denoise_step"]).all(-1).any()  # the bars were drawn
+    assert (pixels == cli_bench._COLOURS["denoise_step"]).all(-1).any()  # the bars were drawn
 
 
 def test_existing_outputs_need_force(run: dict[str, Any], bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,6 +144,8 @@ def test_existing_outputs_need_force(run: dict[str, Any], bundle_dir: Path, caps
         (["--precision", "fp64"], "unknown precision 'fp64'"),
         (["--steps", "3"], "--steps 3 is not supported"),
         (["--repeat", "0"], "--repeat must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--json", "same.out", "--plot", "same.out"], "--json and --plot both name"),
     ],
 )
 def test_bad_flags_are_one_line_errors(args: list[str], message: str, bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

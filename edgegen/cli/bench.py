@@ -1,21 +1,32 @@
 """`edgegen bench`: per-component latency of every backend × precision, side by side.
 
 The measuring lives in `edgegen.runtime.bench` (torch-free; each combination runs in its own
-process). This module parses flags, checks the output paths before any work, prints the table on
-stdout and writes the JSON report and the PNG chart atomically.
+process; it returns the report as a dict following `REPORT_SCHEMA`). This module is the
+presentation: flags, the output paths checked before any work, the table on stdout, the JSON
+report and the PNG chart written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
+import os
 import shlex
 import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from edgegen.errors import UserError
+
 log = logging.getLogger(__name__)
+
+CHART_COMPONENTS = ("denoise_step", "commit", "vae_decode")
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
@@ -54,9 +65,11 @@ def bench(
     from edgegen.bundle import default_bundle_path
     from edgegen.runtime import bench as rb
 
+    if json_path is not None and plot is not None and json_path.resolve() == plot.resolve():
+        raise UserError(f"--json and --plot both name {json_path}; give each its own file")
     for path in (json_path, plot):
         if path is not None:
-            rb.check_output_path(path, force)
+            check_output_path(path, force)
     settings = rb.Settings(
         bundle=str(bundle if bundle is not None else default_bundle_path()),
         backends=_split(backend),
@@ -71,11 +84,160 @@ def bench(
         command=_command(bundle, backend, precision, steps, threads, frames, repeat, warmup, prompt),
     )
     report = rb.run_benchmark(settings)
-    sys.stdout.write(rb.format_table(report))
+    sys.stdout.write(format_table(report))
     if json_path is not None:
-        log.info("wrote %s", rb.write_atomic(json_path, rb.report_json(report), force))
+        log.info("wrote %s", write_atomic(json_path, report_json(report), force))
     if plot is not None:
-        log.info("wrote %s", rb.write_atomic(plot, rb.draw_chart(report), force))
+        log.info("wrote %s", write_atomic(plot, draw_chart(report), force))
+
+
+# ---------------------------------------------------------------------------------------------
+# The table, the chart, the files
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as text: one block per combination, then the skipped and failed ones with reasons."""
+    s, b, m = report["settings"], report["bundle"], report["machine"]
+    lines = [
+        f"edgegen bench: bundle {b['model']} ({b['video']['width']}x{b['video']['height']} @ {b['video']['fps']} fps), "
+        f"{s['steps']} steps, {s['frames']} frames, {s['repeat']} timed + {s['warmup']} warm-up clips per combination, "
+        + (f"{s['threads']} CPU threads each" if s["threads"] else "each backend's default CPU threads"),
+        "machine: " + _machine_line(m),
+        "",
+        "wall-clock ms per call; cpu = process CPU ms per call (all threads); speed-ups are torch fp32 eager / this",
+        f"{'backend':<10} {'prec':<5} {'per call':<13} {'n':>5} {'p50 ms':>9} {'p90':>9} {'p95':>9} {'p99':>9} {'mean':>9} {'cpu p50':>9}"
+        f"  {'speed-up p50 (p95)':<18} {'cpu':>6}",
+    ]
+    for r in report["results"]:
+        if r["status"] == "ok":
+            lines += _result_rows(r, s["frames"])
+    lines += _not_run_lines(report["results"])
+    return "\n".join(lines) + "\n"
+
+
+def _not_run_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Skipped and failed combinations, one line per (status, backend, reason) with its precisions."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in results:
+        if r["status"] != "ok":
+            groups.setdefault((r["status"], r["backend"], r["reason"]), []).append(r["precision"])
+    return [f"{status}: {backend} {', '.join(precs)}: {reason}" for (status, backend, reason), precs in groups.items()]
+
+
+def _machine_line(m: Mapping[str, Any]) -> str:
+    cpu = m["cpu"]
+    gpu = f"{m['gpu']['name']} (driver {m['gpu']['driver']})" if m["gpu"] else "no GPU"
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
+    load = f", load {cpu['load_average'][0]:.1f}" if cpu["load_average"] else ""
+    return f"{cpu['model']}, {cpu['physical_cores']} cores{load}; {gpu}; {libs}"
+
+
+def _result_rows(r: Mapping[str, Any], frames: int) -> list[str]:
+    rows = []
+    for i, (name, stats) in enumerate(r["latency"].items()):  # in the order of rb.COMPONENTS
+        head = f"{r['backend']:<10} {r['precision']:<5}" if i == 0 else " " * 16
+        label = f"generate {frames}f" if name == "generate" else name
+        if stats is None:
+            rows.append(f"{head} {label:<13} {0:>5}  (none: too few chunks)")
+            continue
+        ratio, cpu_ratio = r["speedup"][name], r["cpu_speedup"].get(name)
+        ratio_text = f"{ratio['p50']:.2f}x ({ratio['p95']:.2f}x)" if ratio else "-"
+        cpu = r["cpu_latency"].get(name)
+        values = "".join(f" {stats[k]:>9.3f}" for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms"))
+        values += f" {cpu['p50_ms']:>9.3f}" if cpu else f" {'-':>9}"
+        rows.append(f"{head} {label:<13} {stats['n']:>5}{values}  {ratio_text:<18} {f'{cpu_ratio:.2f}x' if cpu_ratio else '-':>6}")
+    t, mem, load = r["throughput"], r["memory"], r["load"]
+    gpu = f", GPU +{mem['gpu']['peak_increase_bytes'] / 2**20:.0f} MiB" if mem["gpu"] else ""
+    steady = f" (steady {t['steady_fps']:.1f})" if t["steady_fps"] else ""
+    rows.append(
+        f"{'':16} {t['fps']:.1f} fps{steady}, real-time factor {t['realtime_factor']:.2f}x; load {load['total_s']:.2f} s; "
+        f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (+{(mem['peak_rss_bytes'] - mem['rss_start_bytes']) / 2**20:.0f}){gpu}; "
+        f"{r['threads'] or '?'} threads, {r['cpu']['utilization']:.2f} cores busy"
+    )
+    return rows
+
+
+_COLOURS = {"denoise_step": (52, 101, 164), "commit": (78, 154, 6), "vae_decode": (204, 120, 0)}
+
+
+def draw_chart(report: Mapping[str, Any]) -> bytes:
+    """PNG bytes: per backend × precision, p50 latency bars with p90 whiskers for the denoising
+    step, the commit pass and the VAE decode (one panel each, own scale)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    font = ImageFont.load_default()
+    label_w, bar_w, row_h, pad = 150, 420, 22, 10
+    panel_h = 28 + row_h * max(1, len(ok))
+    width, height = label_w + bar_w + 140, 40 + panel_h * len(CHART_COMPONENTS)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    s = report["settings"]
+    draw.text((pad, pad), f"edgegen bench: {report['bundle']['model']}, {s['steps']} steps - wall-clock ms per call, p50 bars, p90 whiskers", fill="black", font=font)
+    top = 40
+    for name in CHART_COMPONENTS:
+        _panel(draw, font, ok, name, top, label_w, bar_w, row_h)
+        top += panel_h
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _panel(draw: Any, font: Any, ok: Sequence[Mapping[str, Any]], name: str, top: int, label_w: int, bar_w: int, row_h: int) -> None:
+    draw.text((10, top), f"{name} (per call)", fill="black", font=font)
+    stats = [r["latency"][name] for r in ok]
+    scale = max((st["p90_ms"] for st in stats if st), default=1.0) or 1.0
+    x0 = label_w
+    for i, (r, st) in enumerate(zip(ok, stats, strict=True)):
+        y = top + 18 + i * row_h
+        draw.text((10, y + 4), f"{r['backend']} {r['precision']}", fill="black", font=font)
+        if st is None:
+            draw.text((x0, y + 4), "no samples", fill="gray", font=font)
+            continue
+        p50 = x0 + bar_w * st["p50_ms"] / scale
+        p90 = x0 + bar_w * st["p90_ms"] / scale
+        draw.rectangle([x0, y + 3, max(p50, x0 + 1), y + row_h - 5], fill=_COLOURS[name])
+        mid = y + row_h // 2 - 1
+        draw.line([p50, mid, p90, mid], fill="black", width=1)
+        draw.line([p90, y + 5, p90, y + row_h - 7], fill="black", width=1)
+        speed = (r.get("speedup") or {}).get(name)
+        note = f"{st['p50_ms']:.3g} ms" + (f"  {speed['p50']:.2f}x vs torch" if speed else "")
+        draw.text((p90 + 6, y + 4), note, fill="black", font=font)
+
+
+def check_output_path(path: str | os.PathLike[str], force: bool) -> Path:
+    """Fail before benchmarking (one line) if a report cannot be written to `path`."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{target} is a folder; name a file for the report")
+    if target.exists() and not force:
+        raise UserError(f"{target} exists; pass --force to overwrite")
+    if not target.parent.is_dir():
+        raise UserError(f"folder {target.parent} does not exist; create it or pick another path")
+    if not os.access(target.parent, os.W_OK):
+        raise UserError(f"cannot write to folder {target.parent}; pick another path")
+    return target
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, force: bool) -> Path:
+    """Write via a temporary file beside `path` and rename; an existing file needs `force`."""
+    target = check_output_path(path, force)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def report_json(report: Mapping[str, Any]) -> bytes:
+    return (json.dumps(report, indent=2) + "\n").encode()
 
 
 def register(app: typer.Typer) -> None:
