@@ -59,7 +59,8 @@ class Settings:
     precision: str = "int8"
     samples: int = 128  # calibration inputs per component (drawn evenly from the captured calls)
     prompts: int = 16  # training-split streams captured for calibration
-    eval_prompts: int = 8  # held-out streams for the checks
+    eval_prompts: int = 8  # held-out streams captured for the component checks
+    judge_prompts: int = 64  # held-out prompts for the clips (PSNR, judge): one flip = 100/n points
     frames: int | None = None  # per stream; default: enough chunks to fill and roll the KV cache
     seed: int = 0
     components: Sequence[str] = DEFAULT_COMPONENTS
@@ -193,7 +194,8 @@ def _build(source: Bundle, tmp: Path, settings: Settings) -> dict[str, Any]:
             if not settings.check_e2e:
                 break
             bundle = _provisional_bundle(tmp)
-            prompts, seeds, frames = list(eval_plan.prompts), list(eval_plan.seeds), _e2e_frames(source)
+            prompts = _prompts("heldout", settings.judge_prompts, settings.seed + 1)
+            seeds, frames = [settings.seed + 20_000 + i for i in range(len(prompts))], _e2e_frames(source)
             reference = ev.clips(ev.generator(bundle, "fp32"), prompts, seeds, frames, None)
             e2e = ev.end_to_end(bundle, settings.precision, prompts, seeds, frames, None, reference=reference)
             e2e["attempt"] = attempt
@@ -223,6 +225,7 @@ def _e2e_frames(bundle: Bundle) -> int:
 def _settings_json(settings: Settings, frames: int, steps: Sequence[int]) -> dict[str, Any]:
     return {
         "samples": settings.samples, "prompts": settings.prompts, "eval_prompts": settings.eval_prompts,
+        "judge_prompts": settings.judge_prompts,
         "frames": frames, "steps": list(steps), "seed": settings.seed, "components": list(settings.components),
         "targets_rel_rmse": {c: settings.targets.get(c) for c in settings.components},
         "sensitivity_samples": settings.sensitivity_samples,

@@ -97,7 +97,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"Timestep-aware: the fp32 bundle ran the streaming loop on {s['prompts']} training-split prompts "
               f"({s['frames']} frames each, steps {s['steps']} round-robin, seeds from {s['seed']}); every call of every component was "
               f"recorded (all denoising steps, commit passes, the KV cache filling and rolling). Up to {s['samples']} calls per "
-              f"component were used, spread evenly. Checks use {s['eval_prompts']} held-out prompts.", ""]
+              f"component were used, spread evenly. Component checks use inputs captured from {s['eval_prompts']} held-out prompts; "
+              f"the end-to-end clips use {s.get('judge_prompts', s['eval_prompts'])} other held-out prompts.", ""]
     for split, c in report["capture"].items():
         lines.append(f"- {split}: {c['prompts']} prompts, calls {c['calls']}, cache key `{c['key'][:16]}` ({'reused' if c['reused'] else 'captured'})")
     qz = report["quantization"]
@@ -132,6 +133,9 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{_f((e2e['ort_cpu_variants'].get('judge') or {}).get('max_drop_points'), 1)} points.", ""]
         judge = e2e.get("judge")
         if judge:
+            lines += [f"Judge accuracy per attribute (percent of the prompts that specify it). With {len(e2e['prompts'])} prompts one "
+                      f"changed verdict moves an attribute by up to {100 / max(1, len(e2e['prompts'])):.1f} points, so the 2-point target "
+                      "needs about 50 prompts or more to be resolved (`--judge-prompts`).", ""]
             lines += ["| attribute | fp32 accuracy | " + p + " accuracy | drop (points) |", "| --- | --- | --- | --- |"]
             lines += [f"| {k} | {_f(judge['fp32'][k], 1)} | {_f(judge[p].get(k), 1)} | {_f(judge['drop_points'][k], 1)} |" for k in judge["fp32"]]
         else:

@@ -26,7 +26,7 @@ from edgegen.calibration import capture as cap
 from edgegen.calibration.quantize import QUANT_OPS, check_qdq
 from edgegen.cli import main
 
-SMALL = ["--samples", "24", "--prompts", "3", "--eval-prompts", "2", "--latency-rounds", "2"]
+SMALL = ["--samples", "24", "--prompts", "3", "--eval-prompts", "2", "--judge-prompts", "2", "--latency-rounds", "2"]
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:

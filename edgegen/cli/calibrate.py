@@ -21,7 +21,8 @@ def calibrate(
     precision: str = typer.Option("int8", "--precision", "-p", help="int8 (ORT CPU, TensorRT, Jetson) or fp8 (TensorRT on Ada/Hopper/Blackwell)."),
     samples: int = typer.Option(128, "--samples", "-n", min=1, help="Calibration inputs per component, spread over every step and chunk."),
     prompts: int = typer.Option(16, "--prompts", min=1, help="Training-split prompts streamed to capture the calibration inputs."),
-    eval_prompts: int = typer.Option(8, "--eval-prompts", min=1, help="Held-out prompts for the quality checks."),
+    eval_prompts: int = typer.Option(8, "--eval-prompts", min=1, help="Held-out prompts captured for the per-component checks."),
+    judge_prompts: int = typer.Option(64, "--judge-prompts", min=1, help="Held-out prompts for the end-to-end clips (PSNR vs fp32, judge accuracy)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output bundle folder (default: BUNDLE-PRECISION beside BUNDLE)."),
     components: str = typer.Option("denoiser,vae_decoder", "--components", help="Comma list of components to quantize; the others stay fp32 (shared files)."),
     seed: int = typer.Option(0, "--seed", min=0, help="First seed of the capture streams."),
@@ -38,7 +39,7 @@ def calibrate(
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r} is not supported; valid: {', '.join(PRECISIONS)}")
     settings = Settings(
-        precision=precision, samples=samples, prompts=prompts, eval_prompts=eval_prompts, seed=seed,
+        precision=precision, samples=samples, prompts=prompts, eval_prompts=eval_prompts, judge_prompts=judge_prompts, seed=seed,
         components=tuple(c.strip() for c in components.split(",") if c.strip()), cache_dir=cache_dir,
         force=force, check_e2e=not no_e2e, latency_rounds=latency_rounds, ort_variants=not no_ort_variants,
     )
