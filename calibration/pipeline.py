@@ -351,11 +351,12 @@ def _ort_variant(source: Bundle, pre: Path, tmp: Path, work: Path, comp: str, fe
     fp32_ms = timing["fp32"]["median_ms"]
     ok = [k for k in kinds if errors[k] <= target and timing[k]["median_ms"] * 1.1 <= min(trt_ms, fp32_ms)]
     result: dict[str, Any] = {"tried": tried, "fp32_cpu_ms": timing["fp32"]["median_ms"], "chosen": None}
+    fname = f"{comp}.int8.ort-cpu.onnx"
+    (tmp / fname).unlink(missing_ok=True)  # from an earlier attempt of the search
     if not ok:
         result["why_none"] = "no ORT-only form met the error target while beating both fp32 and the portable file by 10% on ORT CPU"
         return result
     best = min(ok, key=lambda k: timing[k]["median_ms"])
-    fname = f"{comp}.int8.ort-cpu.onnx"
     shutil.copy2(work / f"{comp}.{best}.onnx", tmp / fname)
     result.update({
         "chosen": best, "file": fname,
