@@ -369,7 +369,8 @@ def serve(spec: RunSpec, conn: Connection, log_level: int) -> None:
     """A worker process's main loop: load, say "ready", then obey "warmup" / "clip" / "finish".
 
     Every reply is (status, payload): ("ready", None), ("done", None), ("result", dict) or
-    ("failed", reason). SIGINT is ignored here: the parent handles Ctrl-C and stops its workers.
+    ("failed", reason). SIGINT is ignored here: the parent handles Ctrl-C and stops its workers;
+    a closed pipe (the parent gone) ends the worker quietly.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr, force=True)
@@ -381,13 +382,20 @@ def serve(spec: RunSpec, conn: Connection, log_level: int) -> None:
             measurement.clip(timed=command == "clip")
             conn.send(("done", None))
         conn.send(("result", measurement.result()))
+    except (EOFError, BrokenPipeError):
+        pass
     except UserError as exc:  # unavailable here, bad bundle, missing weights: reported, not fatal
-        conn.send(("failed", str(exc)))
+        _reply_failed(conn, str(exc))
     except Exception as exc:  # a library failing mid-run: this combination fails, the others go on
         log.debug("worker %s %s failed", spec.backend, spec.precision, exc_info=True)
-        conn.send(("failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"))
+        _reply_failed(conn, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
     finally:
         conn.close()
+
+
+def _reply_failed(conn: Connection, reason: str) -> None:
+    with contextlib.suppress(EOFError, BrokenPipeError):
+        conn.send(("failed", reason))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,12 +433,18 @@ class Worker:
             return None
         return payload
 
-    def close(self) -> None:
-        self.conn.close()
-        self.process.join(10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join()
+
+def stop_workers(workers: Sequence[Worker], grace_s: float = 2.0) -> None:
+    """Close every worker's pipe; a worker still busy after `grace_s` in all (Ctrl-C, an error)
+    is terminated. After "finish" they have already ended by themselves."""
+    for worker in workers:
+        worker.conn.close()
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            worker.process.terminate()
+            worker.process.join()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,8 +574,7 @@ def measure_interleaved(specs: Sequence[RunSpec], warmup: int, repeat: int, prog
                     time.sleep(SETTLE_S)
             return [_finish(worker, gpu_result) for worker, gpu_result in zip(workers, gpu, strict=True)]
         finally:
-            for worker in workers:
-                worker.close()
+            stop_workers(workers)
 
 
 def _finish(worker: Worker, gpu: dict[str, int] | None) -> dict[str, Any]:
