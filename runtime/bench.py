@@ -216,10 +216,11 @@ class _Nvml:
 
 
 class GpuMemoryPeak:
-    """Peak increase of the GPU's used memory while this object runs (sampled every 10 ms).
+    """Peak increase of GPU 0's used memory while this context is open (sampled every 10 ms).
 
-    NVML reports the whole device, so the increase over the level at start is this process's
-    footprint only on a GPU nobody else is using at the same time; the report says so.
+    NVML reports the whole device (GPU 0 in NVML's order, which ignores CUDA_VISIBLE_DEVICES), so
+    the increase over the level at the start is the footprint of what ran meanwhile — one
+    worker loading and warming up — only if nothing else uses the GPU at the same time.
     """
 
     def __init__(self, interval: float = 0.01) -> None:
