@@ -12,6 +12,7 @@ already be in docs/ERRORS.md, so the table cannot drift from what edgegen really
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -122,13 +123,9 @@ class Recorder:
         return text
 
 
-_TABLE: list[str] = []
-
-
+@functools.cache
 def _table_text() -> str:
-    if not _TABLE:
-        _TABLE.append(error_table.TABLE.read_text() if error_table.TABLE.is_file() else "")
-    return _TABLE[0]
+    return error_table.TABLE.read_text() if error_table.TABLE.is_file() else ""
 
 
 @pytest.fixture
