@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.bundle import Bundle
+from edgegen.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,8 @@ def save_npz(path: Path, data: Captured, key: str) -> None:
         for name in feeds[0]:
             arrays[f"{comp}/{name}"] = np.concatenate([f[name] for f in feeds], axis=0)
         arrays[f"{comp}/__calls__"] = np.array(len(feeds))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def load_npz(path: Path) -> Captured:

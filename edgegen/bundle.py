@@ -10,14 +10,12 @@ file's input/output names against the manifest — runs when a backend opens a s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from edgegen.errors import BundleError
+from edgegen.files import atomic_write_text
 from edgegen.tokenizer import Tokenizer
 
 KIND = "edgegen.bundle"
@@ -504,21 +503,6 @@ def write_manifest(root: str | os.PathLike[str], manifest: Mapping[str, Any], *,
     target = root / MANIFEST
     atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return target
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import itertools
 import json
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from edgegen.files import atomic_path
 from edgegen.world.renderer import AREA, FPS, PALETTE, scale_at
 from edgegen.world.scene import SIZES, ObjectSpec, Scene
 
@@ -724,12 +724,8 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 def _atomic_write(path: Path, write: Any) -> None:
     """Call `write(temp_path)`, then rename the temp file over `path` (nothing half-written)."""
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as temp:
         write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def contact_sheet(videos: Sequence[np.ndarray], labels: Sequence[str], path: str | Path,

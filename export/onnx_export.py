@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from google.protobuf.message import DecodeError
 
 from edgegen.bundle import BATCH, TensorSpec
 from edgegen.errors import UserError
+from edgegen.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,8 @@ def check_and_save(model: onnx.ModelProto, path: Path) -> None:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise UserError(f"{path.name}: onnx.checker rejects the exported graph: {str(exc).splitlines()[0]}") from exc
-    tmp = path.with_name(path.name + ".partial")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def spec_dtype(spec: TensorSpec) -> torch.dtype:

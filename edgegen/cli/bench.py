@@ -8,14 +8,12 @@ report and the PNG chart written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +21,7 @@ from typing import Any, Optional
 import typer
 
 from edgegen.errors import UserError
+from edgegen.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -222,17 +221,7 @@ def check_output_path(path: str | os.PathLike[str], force: bool) -> Path:
 def write_atomic(path: str | os.PathLike[str], data: bytes, force: bool) -> Path:
     """Write via a temporary file beside `path` and rename; an existing file needs `force`."""
     target = check_output_path(path, force)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(target, data)
     return target
 
 

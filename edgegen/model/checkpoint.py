@@ -10,7 +10,6 @@ the EMA weights in fp16 under `model.` (`ship_checkpoint`). Writes are atomic (t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from edgegen.errors import UserError
+from edgegen.files import atomic_path
 from edgegen.model.config import ModelConfig
 
 FORMAT = "edgegen.checkpoint.v1"
@@ -97,9 +97,8 @@ def save_checkpoint(
     if train is not None:
         meta["train"] = json.dumps(train)
     meta["extra"] = json.dumps(extra or {})
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -1,0 +1,33 @@
+"""edgegen.files: atomic writes leave the old file or the new one, never a half or a temp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgegen.files import atomic_path, atomic_write_text
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    target.write_text("old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as temp:
+        temp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_written_file_honours_the_umask(tmp_path: Path) -> None:
+    target = tmp_path / "shared.txt"
+    atomic_write_text(target, "x")
+    assert target.stat().st_mode & 0o044 == 0o044  # readable by others under the usual 022 umask
