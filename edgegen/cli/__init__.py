@@ -12,7 +12,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 
 from edgegen import __version__
@@ -54,11 +53,17 @@ def _register_commands() -> None:
         module.register(app)
 
 
-# typer >= 0.20 vendors click (`typer._click`) with its own exception classes, which do not derive
-# from click's; catch both so a bad flag is a usage error on every supported typer.
-_EXIT = (click.exceptions.Exit, typer.Exit)
-_ABORT = (click.exceptions.Abort, typer.Abort)
-_USAGE = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+# typer >= 0.20 vendors click (`typer._click`) with its own exception classes and no longer
+# installs click; older typer is built on click. Catch whichever this install has.
+try:
+    import click
+except ImportError:  # typer >= 0.20 without click installed
+    _CLICK: tuple[tuple[type[BaseException], ...], ...] = ((), (), ())
+else:
+    _CLICK = ((click.exceptions.Exit,), (click.exceptions.Abort,), (click.ClickException,))
+_EXIT = (*_CLICK[0], typer.Exit)
+_ABORT = (*_CLICK[1], typer.Abort)
+_USAGE = (*_CLICK[2], *((typer.TyperException,) if hasattr(typer, "TyperException") else ()))
 
 
 def _usage_error(exc: Exception) -> int:
