@@ -40,10 +40,11 @@ import ctypes
 import ctypes.util
 import platform
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -76,6 +77,33 @@ class DeviceSession(Protocol):
     def bind(self) -> DeviceBinding:
         """New buffers (and stream/context) for one stream; the weights stay shared."""
         ...
+
+
+class RunThroughBinding:
+    """`Session.run` for device sessions: one private binding, made on the first call (streams that
+    `bind()` never pay for it); concurrent callers take turns. Needs `entry` and `bind()`."""
+
+    entry: Any
+    _run_binding: DeviceBinding | None
+    _run_lock: threading.Lock
+
+    def _init_run(self) -> None:
+        self._run_binding = None
+        self._run_lock = threading.Lock()
+
+    def bind(self) -> DeviceBinding:  # pragma: no cover - provided by the session class
+        raise NotImplementedError
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.entry.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"{self.entry.component}: missing inputs {missing}")
+        with self._run_lock:
+            if self._run_binding is None:
+                self._run_binding = self.bind()
+            for name in self.entry.input_names:
+                self._run_binding.write(name, feeds[name])
+            return self._run_binding.step(read=self.entry.output_names)
 
 
 @dataclass(frozen=True)

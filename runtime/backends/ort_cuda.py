@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ import numpy as np
 from edgegen.bundle import check_io
 from edgegen.errors import BackendUnavailable, BundleError
 
-from .device import check_feed, is_jetson, probe_gpu
+from .device import RunThroughBinding, check_feed, is_jetson, probe_gpu
 
 if TYPE_CHECKING:
     from edgegen.bundle import Bundle, ComponentEntry
@@ -80,7 +80,7 @@ def create_session(path: Path, options: Any, providers: list[Any] | None, expect
     return session
 
 
-class OrtDeviceSession:
+class OrtDeviceSession(RunThroughBinding):
     """An InferenceSession whose inputs/outputs live on the device (Session + DeviceSession)."""
 
     def __init__(self, session: Any, entry: ComponentEntry, allocate: Allocator, *, cuda_graph: bool, batch: int = 1) -> None:
@@ -93,23 +93,11 @@ class OrtDeviceSession:
         self.dtypes = {t.name: np.dtype(t.dtype) for t in (*entry.inputs, *entry.outputs)}
         self._graph_ids = itertools.count(1)  # 0 is ORT's reserved default annotation
         self._id_lock = threading.Lock()
-        self._run_binding: OrtDeviceBinding | None = None  # made on the first run(): streams that bind() never pay for it
-        self._lock = threading.Lock()
+        self._init_run()
 
     def next_graph_id(self) -> int:
         with self._id_lock:
             return next(self._graph_ids)
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.entry.input_names if n not in feeds]
-        if missing:
-            raise ValueError(f"{self.entry.component}: missing inputs {missing}")
-        with self._lock:  # one private binding; concurrent callers take turns (streams should bind())
-            if self._run_binding is None:
-                self._run_binding = self.bind()
-            for name in self.entry.input_names:
-                self._run_binding.write(name, feeds[name])
-            return self._run_binding.step(read=self.entry.output_names)
 
     def bind(self) -> OrtDeviceBinding:
         return OrtDeviceBinding(self)

@@ -23,9 +23,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from edgegen.bundle import check_io
 from edgegen.errors import BackendUnavailable, BundleError, UserError
 
 from ..engine_cache import BuildSettings, EngineCache, EngineSpec, TrtEnvironment
-from .device import check_feed, is_jetson, probe_gpu
+from .device import RunThroughBinding, check_feed, is_jetson, probe_gpu
 
 if TYPE_CHECKING:
     from edgegen.bundle import Bundle, ComponentEntry
@@ -373,7 +372,7 @@ class _Buffer:
         cudart.cudaFreeHost(self._host_ptr)
 
 
-class TensorRTSession:
+class TensorRTSession(RunThroughBinding):
     """One engine (shared, immutable): `run` for the Session protocol, `bind` for per-stream buffers."""
 
     def __init__(self, handle: _EngineHandle, entry: ComponentEntry, *, cuda_graph: bool = True, batch: int = 1) -> None:
@@ -393,19 +392,7 @@ class TensorRTSession:
                 raise BundleError(f"{entry.file}: TensorRT sees {t.name} as {dtype}, the manifest says {t.dtype}; re-export the bundle")
             self.dtypes[t.name] = dtype
         self.bind().close()  # checks the output shapes at open, not at the first step
-        self._run_binding: TensorRTBinding | None = None  # made on the first run(): streams that bind() never pay for it
-        self._lock = threading.Lock()
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.entry.input_names if n not in feeds]
-        if missing:
-            raise ValueError(f"{self.entry.component}: missing inputs {missing}")
-        with self._lock:  # one private binding; concurrent callers take turns (streams should bind())
-            if self._run_binding is None:
-                self._run_binding = self.bind()
-            for name in self.entry.input_names:
-                self._run_binding.write(name, feeds[name])
-            return self._run_binding.step(read=self.entry.output_names)
+        self._init_run()
 
     def bind(self) -> TensorRTBinding:
         return TensorRTBinding(self)
