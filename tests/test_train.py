@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgegen.errors import UserError
 from edgegen.model.checkpoint import load_checkpoint
 from edgegen.model.config import load_config
 from edgegen.model.train import Run, train_stage
@@ -83,3 +84,26 @@ def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> Non
     assert video.shape == (6, cfg.height, cfg.width, 3) and video.dtype.name == "uint8"
     again = generate_video(model, "a red circle moving right", seed=3, frames=6)
     assert (video == again).all()
+
+
+def test_teacher_warm_starts_from_a_compact_checkpoint(tmp_path: Path, tiny: tuple) -> None:
+    """`--init`: a shipped-form (fp16, EMA-only) teacher seeds a new run with a fresh optimizer."""
+    from edgegen.model.checkpoint import ship_checkpoint
+    from edgegen.model.train_dit import warm_start
+
+    cfg, tcfg = tiny
+    vae = _run(tmp_path / "v", "vae", tiny, 2)
+    teacher = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "a", steps=2, vae=vae, progress=False))
+    compact = ship_checkpoint(teacher, tmp_path / "teacher.fp16.safetensors")
+    assert load_checkpoint(compact).optimizer is None
+    again = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=1, init=compact, progress=False))
+    assert load_checkpoint(again).step == 1  # a new run from step 0, not a resume
+    from edgegen.model.dit import DiT
+
+    ck = load_checkpoint(compact)
+    dit = DiT(ck.config)
+    warm_start(compact, {"dit": dit})
+    for name, value in ck.weights()["dit"].items():
+        assert torch.equal(dit.state_dict()[name], value.float()), name
+    with pytest.raises(UserError, match="--init"):
+        warm_start(vae, {"text": torch.nn.Linear(1, 1)})

@@ -146,8 +146,20 @@ def heldout_loss(text: TextEncoder, dit: DiT, val: LatentPool, tcfg: TrainConfig
     return float(flow_loss(text, dit, x0, tokens, clean, noise, t))
 
 
+def warm_start(path: Path, modules: dict[str, nn.Module]) -> None:
+    """Load the (EMA) weights of a teacher or student checkpoint into `modules`; the optimizer
+    starts fresh. Lets a long teacher run continue from a compact committed checkpoint."""
+    ck = load_checkpoint(path)
+    weights = ck.weights()
+    if ck.kind not in ("teacher", "student") or not all(name in weights for name in modules):
+        raise UserError(f"{path} is a {ck.kind} checkpoint without {', '.join(modules)} weights; pass a teacher checkpoint to --init")
+    for name, module in modules.items():
+        module.load_state_dict({k: v.float() for k, v in weights[name].items()})
+    log.info("warm start from %s (%s step %d): %s", path, ck.kind, ck.step, ", ".join(modules))
+
+
 def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
-    vae_path = run.vae or run.out / "vae" / "last.safetensors"
+    vae_path = run.vae or run.init or run.out / "vae" / "last.safetensors"
     if not Path(vae_path).exists():
         raise UserError(f"no VAE at {vae_path}; run 'edgegen train vae --config {cfg.name}' first or pass --vae PATH")
     last = run.out / "teacher" / "last.safetensors"
@@ -159,6 +171,8 @@ def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     pool, val = latent_pools(vae, cfg, tcfg, run)
     torch.manual_seed(tcfg.seed + 1)
     text, dit = TextEncoder(cfg).to(run.device), DiT(cfg).to(run.device)
+    if run.init is not None and not (run.resume and last.exists()):
+        warm_start(Path(run.init), {"text": text, "dit": dit})
     B = tcfg.teacher.batch
 
     def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
