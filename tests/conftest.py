@@ -46,3 +46,14 @@ def tiny_bundle(tiny_export) -> Path:
 def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     """A private, writable copy of the tiny bundle."""
     return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models: one thread is faster than two (no OpenMP hand-offs) and kinder to a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,14 +19,7 @@ from edgegen.model.components import (
 )
 from edgegen.model.config import ModelConfig, load_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than two (no OpenMP hand-offs) and kinder to a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ def _assert_same(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster than two (no OpenMP hand-offs) and kinder to a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
