@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,13 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self.words)
 
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.words)}
+
     def encode(self, prompt: str) -> np.ndarray:
         """Token ids, PAD-filled to `max_len`: int64 [max_len]."""
-        index = {w: i for i, w in enumerate(self.words)}
+        index = self._index
         words = words_of(prompt)
         if not words:
             raise PromptError("the prompt has no words; describe a scene, e.g. 'a red circle moving right'")
