@@ -27,8 +27,7 @@ from edgegen.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-CAPTURE_VERSION = 1  # bump when what is recorded changes
-STREAM_COMPONENTS = ("text_encoder", "denoiser", "vae_decoder")
+CAPTURE_VERSION = 2  # bump when what is recorded changes (2: the denoiser split into context/denoiser/commit)
 
 Feeds = dict[str, np.ndarray]
 Captured = dict[str, list[Feeds]]  # component -> one feed dict per call, in call order

@@ -27,10 +27,10 @@ from edgegen.files import atomic_write_text
 from edgegen.tokenizer import Tokenizer
 
 KIND = "edgegen.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the denoiser is three graphs (context, denoiser, commit); 1 had one graph with kv_cache_out
 MANIFEST = "manifest.json"
-COMPONENTS = ("text_encoder", "denoiser", "vae_decoder", "vae_encoder")
-REQUIRED_COMPONENTS = ("text_encoder", "denoiser", "vae_decoder")  # what the streaming loop runs
+COMPONENTS = ("text_encoder", "context", "denoiser", "commit", "vae_decoder", "vae_encoder")
+REQUIRED_COMPONENTS = ("text_encoder", "context", "denoiser", "commit", "vae_decoder")  # what the streaming loop runs
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 BATCH = "batch"  # the one symbolic dimension; everything else is static
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")

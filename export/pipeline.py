@@ -30,6 +30,7 @@ import torch
 from edgegen import __version__, sampling
 from edgegen.bundle import (
     MANIFEST,
+    SCHEMA_VERSION,
     Bundle,
     TensorSpec,
     bundle_from_manifest,
@@ -254,7 +255,7 @@ def _manifest(source: ExportSource, out: Path, precisions: Sequence[str], opset:
             comps[name] = component_json(fname, comp.inputs, comp.outputs, opset)
         records[precision] = {"components": comps}
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "kind": "edgegen.bundle",
         "model": {"name": source.name, "config": dict(source.config)},
         "video": dict(source.video),

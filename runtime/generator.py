@@ -2,11 +2,12 @@
 
 Per chunk (DESIGN.md, "Streaming with a rolling KV cache"):
 
+    context(kv, valid, text) → ctx, bias                        # what every step attends to
     x = noise                                                   # (1, C, h, w)
-    S × denoiser(x, t_k, text, pooled, kv, valid) → Euler step  # the chunk's latent
+    S × denoiser(x, t_k, pooled, ctx, bias) → Euler step        # the chunk's latent
     vae_decoder(x, state) → frames, state                       # yielded right away
-    denoiser(x, t_ctx, text, pooled, kv, valid) → kv            # commit pass (before the next chunk)
-    valid ← roll-left(valid), newest = 1
+    commit(x, t_ctx, pooled, ctx, bias) → new K/V               # commit pass (before the next chunk)
+    kv, valid ← roll left, newest slot = the new K/V, valid = 1
 
 Decoding runs before the commit pass, so a chunk's frames go out one denoiser forward earlier; the
 commit of the last chunk of a bounded stream is skipped (nothing would read it). Both change no
@@ -34,7 +35,7 @@ from edgegen.world import parse_prompt
 
 log = logging.getLogger(__name__)
 
-STREAM_COMPONENTS = ("text_encoder", "denoiser", "vae_decoder")
+STREAM_COMPONENTS = ("text_encoder", "context", "denoiser", "commit", "vae_decoder")
 MAX_SEED = 2**63 - 1
 
 
@@ -279,7 +280,7 @@ class Stream(Iterator[np.ndarray]):
         start = time.perf_counter()
         encoded = gen.sessions["text_encoder"].run({"tokens": self._tokens})
         self._hooks.on_text(TextEvent(time.perf_counter() - start))
-        denoiser = _denoiser_driver(gen, encoded["text"], encoded["text_pooled"])  # (1, L, D), (1, D)
+        denoiser = _Denoiser(gen, encoded["text"], encoded["text_pooled"])  # (1, L, D), (1, D)
         decoder = _decoder_driver(gen)
         try:
             emitted, chunk, pending_commit = 0, 0, None
@@ -313,64 +314,82 @@ class Stream(Iterator[np.ndarray]):
 # Drivers: the same three calls on host buffers (plain Session.run) or on a device binding
 
 
-class _HostDenoiser:
-    """Plain `Session.run`: the cache and mask are host arrays owned by the stream."""
+class _Denoiser:
+    """The denoiser's three graphs for one stream. The rolling cache lives in host arrays owned by
+    the stream; `context` and `commit` run once per chunk through `Session.run`; the per-step
+    `denoiser` runs through a step driver (plain feeds, or a device binding that keeps the
+    chunk's context on the device and moves only the latent, t and velocity per step)."""
 
-    def __init__(self, session: backends.Session, entry: ComponentEntry, text: np.ndarray, pooled: np.ndarray) -> None:
-        self._session = session
-        self._feeds = {
-            "latent": np.zeros(entry.input("latent").concrete_shape(), np.float32),  # (1, C, h, w)
-            "t": np.zeros(entry.input("t").concrete_shape(), np.float32),  # (1,)
-            "text": text,
-            "text_pooled": pooled,
+    def __init__(self, gen: Generator, text: np.ndarray, pooled: np.ndarray) -> None:
+        entry = gen.bundle.component(gen.precision, "context")
+        self._context = gen.sessions["context"]
+        self._commit = gen.sessions["commit"]
+        self._cache = {
             "kv_cache": np.zeros(entry.input("kv_cache").concrete_shape(), np.float32),  # (1, depth, 2, W, N, D)
             "cache_valid": np.zeros(entry.input("cache_valid").concrete_shape(), np.float32),  # (1, W)
+            "text": text,
         }
+        self._step = _step_driver(gen, pooled)
+        self._feeds = {"text_pooled": pooled, "t": np.zeros((1,), np.float32)}
+        self._refresh()
 
-    def _run(self, x: np.ndarray, t: float) -> dict[str, np.ndarray]:
-        self._feeds["latent"] = x
-        self._feeds["t"][0] = t
-        return self._session.run(self._feeds)
+    def _refresh(self) -> None:
+        out = self._context.run(self._cache)
+        self._feeds["context"], self._feeds["context_bias"] = out["context"], out["context_bias"]
+        self._step.set_context(out["context"], out["context_bias"])
 
     def velocity(self, x: np.ndarray, t: float) -> np.ndarray:
-        return self._run(x, t)["velocity"]
+        return self._step.velocity(x, t)
 
     def commit(self, x: np.ndarray, t_ctx: float) -> None:
         """Run the finished chunk once at t_ctx: its K/V become the newest cache slot."""
-        np.copyto(self._feeds["kv_cache"], self._run(x, t_ctx)["kv_cache_out"])
-        _roll_valid(self._feeds["cache_valid"])
+        self._feeds["latent"] = x
+        self._feeds["t"][0] = t_ctx
+        kv = self._commit.run(self._feeds)["kv"]  # (1, depth, 2, N, D)
+        _roll_cache(self._cache["kv_cache"], self._cache["cache_valid"], kv)
+        self._refresh()
+
+    def close(self) -> None:
+        self._step.close()
+
+
+class _HostStep:
+    """Plain `Session.run` on host feeds."""
+
+    def __init__(self, session: backends.Session, pooled: np.ndarray) -> None:
+        self._session = session
+        self._feeds = {"text_pooled": pooled, "t": np.zeros((1,), np.float32)}
+
+    def set_context(self, context: np.ndarray, bias: np.ndarray) -> None:
+        self._feeds["context"], self._feeds["context_bias"] = context, bias
+
+    def velocity(self, x: np.ndarray, t: float) -> np.ndarray:
+        self._feeds["latent"] = x
+        self._feeds["t"][0] = t
+        return self._session.run(self._feeds)["velocity"]
 
     def close(self) -> None:
         pass
 
 
-class _BoundDenoiser:
-    """A device binding: text and KV cache stay on the device; latent/t/mask go up, velocity comes back."""
+class _BoundStep:
+    """A device binding: pooled text and the chunk's context stay on the device; latent and t go up,
+    velocity comes back."""
 
-    def __init__(self, binding: Any, entry: ComponentEntry, text: np.ndarray, pooled: np.ndarray) -> None:
+    def __init__(self, binding: Any, pooled: np.ndarray) -> None:
         self._b = binding
-        self._t = np.zeros(entry.input("t").concrete_shape(), np.float32)
-        self._valid = np.zeros(entry.input("cache_valid").concrete_shape(), np.float32)
-        binding.write("text", text)
+        self._t = np.zeros((1,), np.float32)
         binding.write("text_pooled", pooled)
-        binding.write("kv_cache", np.zeros(entry.input("kv_cache").concrete_shape(), np.float32))
-        binding.write("cache_valid", self._valid)
 
-    def _prepare(self, x: np.ndarray, t: float) -> None:
+    def set_context(self, context: np.ndarray, bias: np.ndarray) -> None:
+        self._b.write("context", context)
+        self._b.write("context_bias", bias)
+
+    def velocity(self, x: np.ndarray, t: float) -> np.ndarray:
         self._t[0] = t
         self._b.write("latent", x)
         self._b.write("t", self._t)
-
-    def velocity(self, x: np.ndarray, t: float) -> np.ndarray:
-        self._prepare(x, t)
         return self._b.step(read=["velocity"])["velocity"]
-
-    def commit(self, x: np.ndarray, t_ctx: float) -> None:
-        self._prepare(x, t_ctx)
-        self._b.step()
-        self._b.carry("kv_cache_out", "kv_cache")
-        _roll_valid(self._valid)
-        self._b.write("cache_valid", self._valid)
 
     def close(self) -> None:
         self._b.close()
@@ -406,11 +425,11 @@ class _BoundDecoder:
         self._b.close()
 
 
-def _denoiser_driver(gen: Generator, text: np.ndarray, pooled: np.ndarray) -> _HostDenoiser | _BoundDenoiser:
-    session, entry = gen.sessions["denoiser"], gen.bundle.component(gen.precision, "denoiser")
+def _step_driver(gen: Generator, pooled: np.ndarray) -> _HostStep | _BoundStep:
+    session = gen.sessions["denoiser"]
     if callable(getattr(session, "bind", None)):
-        return _BoundDenoiser(session.bind(), entry, text, pooled)
-    return _HostDenoiser(session, entry, text, pooled)
+        return _BoundStep(session.bind(), pooled)
+    return _HostStep(session, pooled)
 
 
 def _decoder_driver(gen: Generator) -> _HostDecoder | _BoundDecoder:
@@ -420,8 +439,11 @@ def _decoder_driver(gen: Generator) -> _HostDecoder | _BoundDecoder:
     return _HostDecoder(session, entry)
 
 
-def _roll_valid(valid: np.ndarray) -> None:
-    """Slot ages shift by one: drop the oldest, mark the newest (the chunk just committed) valid."""
+def _roll_cache(kv_cache: np.ndarray, valid: np.ndarray, kv: np.ndarray) -> None:
+    """Slot ages shift by one: drop the oldest, the chunk just committed (kv: (B,depth,2,N,D)) is the
+    newest slot, now valid. In place: the stream's memory does not grow."""
+    kv_cache[:, :, :, :-1] = kv_cache[:, :, :, 1:]
+    kv_cache[:, :, :, -1] = kv
     valid[:, :-1] = valid[:, 1:]
     valid[:, -1] = 1.0
 

@@ -323,7 +323,7 @@ def _tiny_bundle(tmp_path: Path):
         "cache": {"slots": 3, "tokens_per_slot": 64},
         "sampler": {"type": "rectified-flow-euler", "default_steps": 1, "schedules": {"1": [1.0, 0.0]}, "t_ctx": 0.0},
         "tokenizer": {"file": "tokenizer.json", "max_len": 24},
-        "precisions": {"fp32": {"components": {"text_encoder": comp, "denoiser": comp, "vae_decoder": comp}}},
+        "precisions": {"fp32": {"components": {name: comp for name in ("text_encoder", "context", "denoiser", "commit", "vae_decoder")}}},
         "files": {},
         "provenance": {},
     })

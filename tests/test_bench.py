@@ -76,7 +76,7 @@ def test_ort_cpu_runs_and_every_component_is_timed(run: dict[str, Any]) -> None:
     assert ort["throughput"]["fps"] == pytest.approx(FRAMES / (lat["generate"]["p50_ms"] / 1e3))
     assert ort["throughput"]["realtime_factor"] == pytest.approx(ort["throughput"]["fps"] / 24)
     assert ort["memory"]["peak_rss_bytes"] >= ort["memory"]["rss_start_bytes"] > 0
-    assert set(ort["load"]["sessions_s"]) == {"text_encoder", "denoiser", "vae_decoder"}
+    assert set(ort["load"]["sessions_s"]) == {"text_encoder", "context", "denoiser", "commit", "vae_decoder"}
 
 
 def test_percentiles_are_ordered(run: dict[str, Any]) -> None:

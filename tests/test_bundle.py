@@ -11,6 +11,7 @@ import pytest
 
 from edgegen import bundle as bundle_mod
 from edgegen.bundle import (
+    COMPONENTS,
     MANIFEST,
     SCHEMA_VERSION,
     load_bundle,
@@ -36,7 +37,7 @@ def _edit_manifest(root: Path, edit) -> None:
 def test_load_exposes_the_manifest(tiny_bundle: Path) -> None:
     b = load_bundle(tiny_bundle)
     assert b.precisions == ("fp32", "fp16")
-    assert set(b.components["fp32"]) == {"text_encoder", "denoiser", "vae_decoder", "vae_encoder"}
+    assert set(b.components["fp32"]) == set(COMPONENTS)
     den = b.component("fp32", "denoiser")
     assert den.input_names == ("latent", "t", "text", "text_pooled", "kv_cache", "cache_valid")
     assert den.output_names == ("velocity", "kv_cache_out")

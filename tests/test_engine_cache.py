@@ -56,7 +56,8 @@ def make_bundle(
 ):
     """A schema-valid bundle whose .onnx files are placeholder bytes (the cache only hashes them)."""
     root.mkdir(parents=True, exist_ok=True)
-    files = {"tokenizer.json": b"{}", "text_encoder.onnx": b"te", "denoiser.onnx": denoiser_bytes, "vae_decoder.onnx": b"vd"}
+    files = {"tokenizer.json": b"{}", "text_encoder.onnx": b"te", "context.onnx": b"cx", "denoiser.onnx": denoiser_bytes,
+             "commit.onnx": b"cm", "vae_decoder.onnx": b"vd"}
     files.update(extra_files or {})
     for name, data in files.items():
         (root / name).write_bytes(data)
@@ -66,7 +67,8 @@ def make_bundle(
                     "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 4]}]}
         return {"file": file, **io, "opset": 20}
 
-    components = {"text_encoder": comp("text_encoder.onnx"), "denoiser": comp("denoiser.onnx", DENOISER_IO), "vae_decoder": comp("vae_decoder.onnx")}
+    components = {"text_encoder": comp("text_encoder.onnx"), "context": comp("context.onnx"), "denoiser": comp("denoiser.onnx", DENOISER_IO),
+                  "commit": comp("commit.onnx"), "vae_decoder": comp("vae_decoder.onnx")}
     manifest = {
         "model": {"name": "test", "config": {}},
         "video": {"height": 64, "width": 64, "chunk_frames": 4, "fps": 24},

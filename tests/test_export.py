@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgegen.bundle import MANIFEST, load_bundle
+from edgegen.bundle import COMPONENTS, MANIFEST, load_bundle
 from edgegen.errors import UserError
 from edgegen.export import onnx_export
 from edgegen.export.parity import psnr, relative_error
@@ -26,7 +26,7 @@ def test_tiny_export_passes_every_gate(tiny_export) -> None:
     path, report = tiny_export
     assert max(report.rel_errors["fp32"].values()) <= FP32_MAX_REL_ERROR
     assert report.psnr["fp32"] >= FP32_MIN_PSNR and report.psnr["fp16"] >= FP16_MIN_PSNR
-    assert set(report.rel_errors["fp32"]) == {"text_encoder", "denoiser", "vae_decoder", "vae_encoder"}
+    assert set(report.rel_errors["fp32"]) == set(COMPONENTS)
     bundle = load_bundle(path)
     for precision, comps in bundle.components.items():
         for entry in comps.values():

@@ -127,14 +127,28 @@ def _components() -> dict[str, dict[str, Any]]:
             [_spec("text", [b, MAX_LEN, 32]), _spec("text_pooled", [b, 32])],
             20,
         ),
+        "context": component_json(
+            "context.onnx",
+            [_spec("kv_cache", [b, 2, 2, 2, 16, 32]), _spec("cache_valid", [b, 2]), _spec("text", [b, MAX_LEN, 32])],
+            [_spec("context", [b, 2, 2, 2, 32 + MAX_LEN, 16]), _spec("context_bias", [b, 48 + MAX_LEN])],
+            20,
+        ),
         "denoiser": component_json(
             "denoiser.onnx",
             [
-                _spec("latent", [b, 4, 8, 8]), _spec("t", [b]), _spec("text", [b, MAX_LEN, 32]),
-                _spec("text_pooled", [b, 32]), _spec("kv_cache", [b, 2, 2, 2, 16, 32]),
-                _spec("cache_valid", [b, 2]),
+                _spec("latent", [b, 4, 8, 8]), _spec("t", [b]), _spec("text_pooled", [b, 32]),
+                _spec("context", [b, 2, 2, 2, 32 + MAX_LEN, 16]), _spec("context_bias", [b, 48 + MAX_LEN]),
             ],
-            [_spec("velocity", [b, 4, 8, 8]), _spec("kv_cache_out", [b, 2, 2, 2, 16, 32])],
+            [_spec("velocity", [b, 4, 8, 8])],
+            20,
+        ),
+        "commit": component_json(
+            "commit.onnx",
+            [
+                _spec("latent", [b, 4, 8, 8]), _spec("t", [b]), _spec("text_pooled", [b, 32]),
+                _spec("context", [b, 2, 2, 2, 32 + MAX_LEN, 16]), _spec("context_bias", [b, 48 + MAX_LEN]),
+            ],
+            [_spec("kv", [b, 2, 2, 16, 32])],
             20,
         ),
         "vae_decoder": component_json(
@@ -148,7 +162,7 @@ def _components() -> dict[str, dict[str, Any]]:
 
 def _manifest() -> dict[str, Any]:
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "kind": "edgegen.bundle",
         "model": {"name": "fuzz", "config": {"height": 32, "width": 32}},
         "video": {"height": 32, "width": 32, "chunk_frames": 4, "fps": 24},
@@ -170,7 +184,7 @@ def valid_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     root = tmp_path_factory.mktemp("fuzz") / "bundle"
     root.mkdir()
     TOKENIZER.save(root / "tokenizer.json")
-    for name in ("text_encoder.onnx", "denoiser.onnx", "vae_decoder.onnx"):
+    for name in ("text_encoder.onnx", "context.onnx", "denoiser.onnx", "commit.onnx", "vae_decoder.onnx"):
         (root / name).write_bytes(f"placeholder for {name}".encode())
     write_manifest(root, _manifest())
     data = json.loads((root / MANIFEST).read_text())

@@ -63,7 +63,7 @@ def test_vae_shapes_and_causality(cfg: ModelConfig, modules: dict) -> None:
 
 
 def test_streaming_matches_training_forward(cfg: ModelConfig, modules: dict) -> None:
-    """Components chunk by chunk (denoise pass + commit pass) == the parallel two-stream forward."""
+    """Components chunk by chunk (context, denoiser, commit, cache roll) == the parallel two-stream forward."""
     comps = build_components(cfg, {k: modules[k] for k in ("text", "dit")})
     B, T, C, (h, w) = 2, 5, cfg.latent_channels, cfg.latent_size
     g = torch.Generator().manual_seed(1)
@@ -77,14 +77,32 @@ def test_streaming_matches_training_forward(cfg: ModelConfig, modules: dict) -> 
         valid = torch.zeros(B, cfg.window)
         vs = []
         for i in range(T):
-            v, kv_unused = comps["denoiser"](xn[:, i], t[:, i], text, pooled, kv, valid)
-            vs.append(v)
-            _, kv = comps["denoiser"](xc[:, i], torch.full((B,), cfg.t_ctx), text, pooled, kv, valid)
-            assert torch.equal(kv[:, :, :, :-1], kv_unused[:, :, :, :-1])  # both passes roll the same old slots
+            context, bias = comps["context"](kv, valid, text)
+            vs.append(comps["denoiser"](xn[:, i], t[:, i], pooled, context, bias))
+            new = comps["commit"](xc[:, i], torch.full((B,), cfg.t_ctx), pooled, context, bias)
+            kv = torch.cat([kv[:, :, :, 1:], new.unsqueeze(3)], dim=3)
             valid = torch.cat([valid[:, 1:], torch.ones(B, 1)], dim=1)
     err = (v_train - torch.stack(vs, dim=1)).abs().max().item()
     assert err < 1e-4, err
     assert v_train.abs().mean() > 1e-2  # the comparison is not between zeros
+
+
+def test_three_graphs_are_the_one_chunk_forward(cfg: ModelConfig, modules: dict) -> None:
+    """context + velocity and context + commit compute exactly `forward_chunk` (velocity and K/V),
+    with some cache slots empty: the cut moves work, it changes no numbers."""
+    dit = modules["dit"]
+    B, C, (h, w) = 2, cfg.latent_channels, cfg.latent_size
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(B, C, h, w, generator=g), torch.rand(B, generator=g)
+    text, pooled = torch.randn(B, cfg.max_len, cfg.dit_width, generator=g), torch.randn(B, cfg.dit_width, generator=g)
+    kv = torch.randn(B, cfg.dit_depth, 2, cfg.window, cfg.tokens_per_chunk, cfg.dit_width, generator=g)
+    valid = torch.tensor([[0.0] * (cfg.window - 1) + [1.0], [1.0] * cfg.window])
+    with torch.no_grad():
+        v_ref, kv_ref = dit.forward_chunk(x, t, text, pooled, kv, valid)
+        context, bias = dit.context(kv, valid, text)
+        v, kv_new = dit.velocity(x, t, pooled, context, bias), dit.commit(x, t, pooled, context, bias)
+    assert (v - v_ref).abs().max() < 1e-5 and v_ref.abs().mean() > 1e-2
+    assert (kv_new - kv_ref).abs().max() < 1e-5 and kv_ref.abs().mean() > 1e-2
 
 
 def test_component_specs_match_modules(cfg: ModelConfig, modules: dict) -> None:
@@ -99,6 +117,7 @@ def test_component_specs_match_modules(cfg: ModelConfig, modules: dict) -> None:
             assert tuple(feeds[s.name].shape) == s.concrete_shape(2) and str(feeds[s.name].dtype) == f"torch.{s.dtype}"
         with torch.no_grad():
             outs = comps[name](*feeds.values())
+        outs = (outs,) if isinstance(outs, torch.Tensor) else outs
         for s, o in zip(spec.outputs, outs, strict=True):
             assert tuple(o.shape) == s.concrete_shape(2), (name, s.name)
             assert o.dtype == torch.float32
@@ -179,10 +198,11 @@ def test_torch_backend_runs_components(tmp_path: Path, cfg: ModelConfig, modules
         assert list(out) == [s.name for s in spec.outputs]
         with torch.no_grad():
             ref = comps[name](*feeds.values())
+        ref = (ref,) if isinstance(ref, torch.Tensor) else ref
         for s, r in zip(spec.outputs, ref, strict=True):
             np.testing.assert_allclose(out[s.name], r.numpy(), rtol=1e-5, atol=1e-5)
     bundle = SimpleNamespace(path=tmp_path, manifest={"provenance": {"checkpoint_sha256": sha256_file(path)}})
-    assert backend.open(bundle, "denoiser", "fp32").outputs == ("velocity", "kv_cache_out")
+    assert backend.open(bundle, "denoiser", "fp32").outputs == ("velocity",)
     wrong = SimpleNamespace(path=tmp_path, manifest={"provenance": {"checkpoint_sha256": "0" * 64}})
     with pytest.raises(BundleError, match="exported from"):
         backend.open(wrong, "denoiser", "fp32")

@@ -78,7 +78,7 @@ def test_unbounded_stream_keeps_fixed_state(gen: Generator) -> None:
     stream.close()
     assert len(frames) == 30
     slots = gen.bundle.manifest["cache"]["slots"]
-    assert gen.bundle.component(gen.precision, "denoiser").input("kv_cache").shape[3] == slots
+    assert gen.bundle.component(gen.precision, "context").input("kv_cache").shape[3] == slots
 
 
 def test_hooks_report_steps_commits_and_chunks(gen: Generator) -> None:

@@ -1,16 +1,22 @@
-"""The four runtime components as torch modules with exactly the ONNX signatures of DESIGN.md.
+"""The runtime components as torch modules with exactly the ONNX signatures of DESIGN.md.
 
 Export traces these, the `torch` backend runs them, and every backend drives them with the same
 streaming loop; `component_specs(config)` is the single description of their I/O (names, dtypes,
 shapes with a symbolic "batch") from which export writes the manifest and the runtime allocates
 zero caches and states.
 
-| component | inputs | outputs |
-| text_encoder | tokens i64 [B,L] | text [B,L,D], text_pooled [B,D] |
-| denoiser | latent [B,C,h,w], t [B], text, text_pooled, kv_cache [B,depth,2,W,N,D], cache_valid [B,W] | velocity [B,C,h,w], kv_cache_out |
-| vae_decoder | latent [B,C,h,w] (normalised), state [B,C,h,w] (previous raw latent) | frames [B,F,H,W,3] in [0,1], state_out |
-| vae_encoder | frames [B,F,H,W,3] in [0,1], state [B,H,W,3] (previous last frame) | latent [B,C,h,w] (normalised), state_out |
+| component | runs | inputs | outputs |
+| text_encoder | once per stream | tokens i64 [B,L] | text [B,L,D], text_pooled [B,D] |
+| context | once per chunk | kv_cache [B,depth,2,W,N,D], cache_valid [B,W], text | context [B,depth,2,H,M,dh], context_bias [B,N+M] |
+| denoiser | every step | latent [B,C,h,w], t [B], text_pooled, context, context_bias | velocity [B,C,h,w] |
+| commit | once per chunk | latent (the finished chunk), t (= t_ctx), text_pooled, context, context_bias | kv [B,depth,2,N,D] |
+| vae_decoder | once per chunk | latent [B,C,h,w] (normalised), state [B,C,h,w] (previous raw latent) | frames [B,F,H,W,3] in [0,1], state_out |
+| vae_encoder | (video input) | frames [B,F,H,W,3] in [0,1], state [B,H,W,3] (previous last frame) | latent [B,C,h,w] (normalised), state_out |
 
+M = W*N + L: the cached chunks' tokens (oldest first) and the text tokens. The denoiser is cut in
+three so that a step computes only the chunk's own tokens: what every step of a chunk attends to
+besides itself is built once per chunk by `context`, and the finished chunk's K/V come from
+`commit`; the stream rolls `kv` into its cache (oldest slot dropped, newest = slot W-1).
 Zero states and caches (with `cache_valid` = 0) are the start of every stream. The decoder's state
 is the *raw* latent so that its zero start is exactly what training saw for the first chunk.
 """
@@ -29,7 +35,7 @@ from edgegen.model.dit import DiT
 from edgegen.model.text import TextEncoder
 from edgegen.model.vae import VAE
 
-COMPONENTS = ("text_encoder", "denoiser", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "context", "denoiser", "commit", "vae_decoder", "vae_encoder")
 
 
 def _latent_stats(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,18 +54,35 @@ class TextEncoderComponent(nn.Module):
         return self.text(tokens)  # (B, L, D), (B, D)
 
 
+class ContextComponent(nn.Module):
+    def __init__(self, dit: DiT) -> None:
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, kv_cache: torch.Tensor, cache_valid: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dit.context(kv_cache, cache_valid, text)
+
+
 class DenoiserComponent(nn.Module):
     def __init__(self, dit: DiT) -> None:
         super().__init__()
         self.dit = dit
 
     def forward(
-        self, latent: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_pooled: torch.Tensor,
-        kv_cache: torch.Tensor, cache_valid: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        velocity, kv = self.dit.forward_chunk(latent, t, text, text_pooled, kv_cache, cache_valid)
-        kv_cache_out = torch.cat([kv_cache[:, :, :, 1:], kv.unsqueeze(3)], dim=3)  # oldest dropped, newest = slot W-1
-        return velocity, kv_cache_out
+        self, latent: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.dit.velocity(latent, t, text_pooled, context, context_bias)
+
+
+class CommitComponent(nn.Module):
+    def __init__(self, dit: DiT) -> None:
+        super().__init__()
+        self.dit = dit
+
+    def forward(
+        self, latent: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.dit.commit(latent, t, text_pooled, context, context_bias)
 
 
 class VaeDecoderComponent(nn.Module):
@@ -111,6 +134,8 @@ class ComponentSpec:
             elif spec.name == "cache_valid":
                 x = torch.ones(shape)
                 x[:, 0] = 0.0  # one empty slot, as early in a stream
+            elif spec.name == "context_bias":
+                x = torch.zeros(shape)  # every key attended
             elif spec.name in self.ranges:
                 lo, hi = self.ranges[spec.name]
                 x = lo + (hi - lo) * torch.rand(shape, generator=g)
@@ -122,31 +147,33 @@ class ComponentSpec:
 
 def component_specs(cfg: ModelConfig) -> dict[str, ComponentSpec]:
     """Names, dtypes and shapes of every component's inputs and outputs ("batch" is symbolic)."""
-    L, D, C = cfg.max_len, cfg.dit_width, cfg.latent_channels
+    L, D, C, H = cfg.max_len, cfg.dit_width, cfg.latent_channels, cfg.dit_heads
     h, w = cfg.latent_size
-    H, W_, F = cfg.height, cfg.width, cfg.chunk_frames
-    kv = (BATCH, cfg.dit_depth, 2, cfg.window, cfg.tokens_per_chunk, D)
+    H_, W_, F = cfg.height, cfg.width, cfg.chunk_frames
+    N, M = cfg.tokens_per_chunk, cfg.window * cfg.tokens_per_chunk + L
+    kv = (BATCH, cfg.dit_depth, 2, cfg.window, N, D)
 
     def f32(name: str, *shape: int | str) -> TensorSpec:
         return TensorSpec(name, "float32", (BATCH, *shape))
 
     latent = f32("latent", C, h, w)
+    context = (f32("context", cfg.dit_depth, 2, H, M, D // H), f32("context_bias", N + M))
+    step_inputs = (latent, f32("t"), f32("text_pooled", D), *context)
     return {
         "text_encoder": ComponentSpec(
             "text_encoder", (TensorSpec("tokens", "int64", (BATCH, L)),), (f32("text", L, D), f32("text_pooled", D)),
             vocab_size=cfg.vocab_size,
         ),
-        "denoiser": ComponentSpec(
-            "denoiser",
-            (latent, f32("t"), f32("text", L, D), f32("text_pooled", D), TensorSpec("kv_cache", "float32", kv), f32("cache_valid", cfg.window)),
-            (f32("velocity", C, h, w), TensorSpec("kv_cache_out", "float32", kv)),
-            ranges={"t": (0.0, 1.0)},
+        "context": ComponentSpec(
+            "context", (TensorSpec("kv_cache", "float32", kv), f32("cache_valid", cfg.window), f32("text", L, D)), context,
         ),
+        "denoiser": ComponentSpec("denoiser", step_inputs, (f32("velocity", C, h, w),), ranges={"t": (0.0, 1.0)}),
+        "commit": ComponentSpec("commit", step_inputs, (f32("kv", cfg.dit_depth, 2, N, D),), ranges={"t": (0.0, 0.0)}),
         "vae_decoder": ComponentSpec(
-            "vae_decoder", (latent, f32("state", C, h, w)), (f32("frames", F, H, W_, 3), f32("state_out", C, h, w)),
+            "vae_decoder", (latent, f32("state", C, h, w)), (f32("frames", F, H_, W_, 3), f32("state_out", C, h, w)),
         ),
         "vae_encoder": ComponentSpec(
-            "vae_encoder", (f32("frames", F, H, W_, 3), f32("state", H, W_, 3)), (latent, f32("state_out", H, W_, 3)),
+            "vae_encoder", (f32("frames", F, H_, W_, 3), f32("state", H_, W_, 3)), (latent, f32("state_out", H_, W_, 3)),
             ranges={"frames": (0.0, 1.0), "state": (0.0, 1.0)},
         ),
     }
@@ -163,7 +190,9 @@ def build_components(cfg: ModelConfig, modules: dict[str, nn.Module]) -> dict[st
     if "text" in modules:
         out["text_encoder"] = TextEncoderComponent(modules["text"])
     if "dit" in modules:
+        out["context"] = ContextComponent(modules["dit"])
         out["denoiser"] = DenoiserComponent(modules["dit"])
+        out["commit"] = CommitComponent(modules["dit"])
     if "vae" in modules:
         out["vae_decoder"] = VaeDecoderComponent(modules["vae"], cfg)
         out["vae_encoder"] = VaeEncoderComponent(modules["vae"], cfg)

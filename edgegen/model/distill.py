@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgegen.bundle import sha256_file
 from edgegen.errors import UserError
 from edgegen.model.checkpoint import load_checkpoint
 from edgegen.model.components import build_components
@@ -111,7 +112,8 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     # the student inherits the teacher's architecture; sampler numbers come from the current config
     cfg = replace(tcfg_cfg, **{f: getattr(cfg, f) for f in ("student_steps", "default_steps", "guidance", "teacher_steps", "shift", "t_ctx")})
     teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")
-    folder = run.out / "student" / "pairs"
+    # Rollouts are cached per teacher (its file's digest): pairs of an earlier teacher are never reused.
+    folder = run.out / "student" / "pairs" / sha256_file(teacher_path)[:16]
     pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress)
     val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False)
     del teacher

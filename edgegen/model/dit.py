@@ -12,7 +12,8 @@ streams run through the same blocks. The clean (context) stream: clean chunk i a
 + clean chunks i-1..i-W; its K/V are what the commit pass writes to the cache at inference. The
 noisy stream: noisy chunk i attends to itself + the clean stream's K/V of chunks i-1..i-W. Both
 are built by shifting the clean K/V along T per slot (zero pad + valid mask), the same function
-`forward_chunk` computes one chunk at a time (tests/test_model.py checks parity). In the spirit of
+`forward_chunk` computes one chunk at a time, and the runtime's three graphs (`context` once per
+chunk, `velocity` per step, `commit` per chunk) compute in pieces (tests/test_model.py checks both). In the spirit of
 CausVid (Yin et al. 2025) and Diffusion Forcing (Chen et al. 2024): every noisy chunk has its
 own t, and the clean stream is always labelled t = 0 (= `t_ctx`) even when training adds small
 noise to it, so the model learns to trust-but-verify imperfect context at rollout.
@@ -91,6 +92,17 @@ class Block(nn.Module):
         bias = torch.cat([zeros_self, ctx_bias, zeros_txt], dim=-1)  # (M, 1, 1, N + W*N + L)
         return attention(q, keys, values, self.heads, bias)
 
+    def attend_context(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """`attend` with the cache and text side prepared once per chunk (`DiT.context`): q/k/v (B,N,D)
+        this chunk; context (B,2,H,M,dh) keys/values, heads split; bias (B, N+M). Same keys in the same order."""
+        B, N, D = q.shape
+        dh = D // self.heads
+        q = split_heads(q * dh**-0.5, self.heads)  # (B, H, N, dh), scaled first as in `attention`
+        keys = torch.cat([split_heads(k, self.heads), context[:, 0]], dim=2)  # (B, H, N + M, dh)
+        values = torch.cat([split_heads(v, self.heads), context[:, 1]], dim=2)
+        s = q @ keys.transpose(-1, -2) + bias[:, None, None, :]  # (B, H, N, N + M)
+        return (s.softmax(-1) @ values).transpose(1, 2).reshape(B, N, D)
+
     def finish(self, x: torch.Tensor, o: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x = x + mod[2] * self.proj(o)
         return x + mod[5] * self.mlp(modulate(self.norm2(x), mod[3], mod[4]))
@@ -149,6 +161,47 @@ class DiT(nn.Module):
             new_kv.append(torch.stack([k, v], dim=1))  # (B, 2, N, D)
         return self.unembed(h, c), torch.stack(new_kv, dim=1)  # (B,C,h,w), (B,depth,2,N,D)
 
+    # -- inference in three graphs: context (per chunk), velocity (per step), commit (per chunk) ----
+    # The same function as `forward_chunk`, cut where the work changes rate: what every step of a
+    # chunk attends to besides the chunk itself (cached K/V + age embedding, the text's K/V) is
+    # built once per chunk, so a denoising step is the chunk's own tokens through the blocks.
+    def context(self, kv_cache: torch.Tensor, cache_valid: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_cache (B,depth,2,W,N,D) raw, cache_valid (B,W), text (B,L,D) -> context (B,depth,2,H,M,dh)
+        with M = W*N + L (cached chunks oldest first, then the text), and bias (B, N + M): 0 where a
+        key is attended, NEG for empty slots; the first N columns are the chunk's own tokens."""
+        B, _, _, W, N, D = kv_cache.shape
+        layers = []
+        for i, blk in enumerate(self.blocks):
+            txt_k, txt_v = blk.text_kv(text).chunk(2, dim=-1)  # (B, L, D)
+            k = torch.cat([(kv_cache[:, i, 0] + blk.age[0][:, None]).reshape(B, W * N, D), txt_k], dim=1)  # (B, M, D)
+            v = torch.cat([(kv_cache[:, i, 1] + blk.age[1][:, None]).reshape(B, W * N, D), txt_v], dim=1)
+            layers.append(torch.stack([split_heads(k, blk.heads), split_heads(v, blk.heads)], dim=1))  # (B, 2, H, M, dh)
+        zeros = torch.zeros_like(cache_valid[:, :1])
+        bias = torch.cat([zeros.expand(-1, N), ((1.0 - cache_valid) * NEG).repeat_interleave(N, dim=1), zeros.expand(-1, text.shape[1])], dim=1)
+        return torch.stack(layers, dim=1), bias
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """One denoising step: x (B,C,h,w), t (B,), text_pooled (B,D), context/bias from `context` -> velocity (B,C,h,w)."""
+        h, c = self.embed(x), self.cond(t, text_pooled)
+        for i, blk in enumerate(self.blocks):
+            mod = blk.modulation(c)
+            q, k, v = blk.qkv_of(h, mod)
+            h = blk.finish(h, blk.attend_context(q, k, v, context[:, i], bias), mod)
+        return self.unembed(h, c)
+
+    def commit(self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The finished chunk x at t = t_ctx -> its K/V in every block (B,depth,2,N,D): the next cache entry.
+        The last block's attention and MLP are not needed for that and are not run."""
+        h, c = self.embed(x), self.cond(t, text_pooled)
+        kv = []
+        for i, blk in enumerate(self.blocks):
+            mod = blk.modulation(c)
+            q, k, v = blk.qkv_of(h, mod)
+            kv.append(torch.stack([k, v], dim=1))  # (B, 2, N, D)
+            if i + 1 < len(self.blocks):
+                h = blk.finish(h, blk.attend_context(q, k, v, context[:, i], bias), mod)
+        return torch.stack(kv, dim=1)
+
     # -- training: whole clips, both streams, block-causal ---------------------------------------
     def forward_train(
         self, x_noisy: torch.Tensor, t: torch.Tensor, x_ctx: torch.Tensor, text: torch.Tensor, text_pooled: torch.Tensor,
@@ -195,6 +248,12 @@ class DiT(nn.Module):
         valid = (i - (W - j) >= 0).to(like.dtype)  # (T, W)
         bias = ((1.0 - valid) * NEG).repeat_interleave(N, dim=1)  # (T, W*N)
         return bias.repeat(B, 1)[:, None, None, :]
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, D) -> (B, heads, T, D / heads)."""
+    B, T, D = x.shape
+    return x.reshape(B, T, heads, D // heads).transpose(1, 2)
 
 
 def _slots(kc: torch.Tensor, W: int, T: int) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Torch reference sampling: the DESIGN.md streaming loop over the component modules.
 
-Per chunk: Euler steps of the flow ODE from numpy noise (`edgegen.sampling`, the same draws every
-backend makes), a commit pass at `t_ctx` that rolls this chunk's K/V into the cache, then the VAE
-decoder with its carried state. Classifier-free guidance (teacher only; the student has it
+Per chunk: the context graph over the cache, Euler steps of the flow ODE from numpy noise
+(`edgegen.sampling`, the same draws every backend makes), a commit pass at `t_ctx` whose K/V roll
+into the cache, then the VAE decoder with its carried state. Classifier-free guidance (teacher only; the student has it
 folded in) runs the conditional and all-PAD prompts as a batch of 2 with one cache each:
 v = v_uncond + g (v_cond - v_uncond) (Ho & Salimans 2022).
 """
@@ -52,28 +52,46 @@ def times_for(cfg: ModelConfig, steps: int) -> list[float]:
     return sampling.schedule(steps, cfg.shift)
 
 
+class Cache:
+    """The rolling K/V cache of a batch of streams and the per-chunk context built from it."""
+
+    def __init__(self, model: Model, text: torch.Tensor) -> None:
+        cfg = model.config
+        B = text.shape[0]
+        self._components = model.components
+        self.text = text
+        self.kv = torch.zeros(B, cfg.dit_depth, 2, cfg.window, cfg.tokens_per_chunk, cfg.dit_width)
+        self.valid = torch.zeros(B, cfg.window)
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.context, self.bias = self._components["context"](self.kv, self.valid, self.text)
+
+    def push(self, kv: torch.Tensor) -> None:
+        """A finished chunk's K/V (B,depth,2,N,D) become the newest slot; the oldest is dropped."""
+        self.kv = torch.cat([self.kv[:, :, :, 1:], kv.unsqueeze(3)], dim=3)
+        self.valid = torch.cat([self.valid[:, 1:], torch.ones_like(self.valid[:, :1])], dim=1)
+        self.refresh()
+
+
 @torch.no_grad()
 def denoise_chunk(
-    denoiser: nn.Module, x: torch.Tensor, times: list[float], text: torch.Tensor, pooled: torch.Tensor,
-    kv: torch.Tensor, valid: torch.Tensor, guidance: float, t_ctx: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk: Euler over `times`, then the commit pass. x (B,C,h,w); with guidance != 1 the text,
-    pooled, kv and valid tensors hold [cond; uncond] stacked (2B). Returns (x0 (B,C,h,w), new kv)."""
+    model: Model, x: torch.Tensor, times: list[float], pooled: torch.Tensor, cache: Cache, guidance: float, t_ctx: float,
+) -> torch.Tensor:
+    """One chunk: Euler over `times`, then the commit pass into `cache`. x (B,C,h,w); with guidance != 1
+    `pooled` and the cache hold [cond; uncond] stacked (2B). Returns x0 (B,C,h,w)."""
     B = x.shape[0]
     cfg = guidance != 1.0
+    denoiser, commit = model.components["denoiser"], model.components["commit"]
     for t, t_next in itertools.pairwise(times):
         xin = torch.cat([x, x]) if cfg else x
-        v, _ = denoiser(xin, torch.full((xin.shape[0],), t), text, pooled, kv, valid)
+        v = denoiser(xin, torch.full((xin.shape[0],), t), pooled, cache.context, cache.bias)
         if cfg:
             v = v[B:] + guidance * (v[:B] - v[B:])
         x = x + (t_next - t) * v  # Euler: x_{t'} = x_t + (t' - t) v
     xin = torch.cat([x, x]) if cfg else x
-    _, kv = denoiser(xin, torch.full((xin.shape[0],), t_ctx), text, pooled, kv, valid)
-    return x, kv
-
-
-def roll_valid(valid: torch.Tensor) -> torch.Tensor:
-    return torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], dim=1)
+    cache.push(commit(xin, torch.full((xin.shape[0],), t_ctx), pooled, cache.context, cache.bias))
+    return x
 
 
 @torch.no_grad()
@@ -84,24 +102,14 @@ def encode_text(model: Model, tokens: torch.Tensor, guidance: float) -> tuple[to
     return model.components["text_encoder"](tokens)
 
 
-def empty_cache(cfg: ModelConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    kv = torch.zeros(batch, cfg.dit_depth, 2, cfg.window, cfg.tokens_per_chunk, cfg.dit_width)
-    return kv, torch.zeros(batch, cfg.window)
-
-
 @torch.no_grad()
 def rollout(model: Model, tokens: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
     """Batched streaming generation from given noise: tokens (B,L), noise (B,T,C,h,w) -> latents (B,T,C,h,w)."""
     cfg = model.config
     text, pooled = encode_text(model, tokens, guidance)
-    kv, valid = empty_cache(cfg, text.shape[0])
+    cache = Cache(model, text)
     times = times_for(cfg, steps)
-    out = []
-    for i in range(noise.shape[1]):
-        x, kv = denoise_chunk(model.components["denoiser"], noise[:, i], times, text, pooled, kv, valid, guidance, cfg.t_ctx)
-        valid = roll_valid(valid)
-        out.append(x)
-    return torch.stack(out, dim=1)
+    return torch.stack([denoise_chunk(model, noise[:, i], times, pooled, cache, guidance, cfg.t_ctx) for i in range(noise.shape[1])], dim=1)
 
 
 @torch.no_grad()
@@ -114,15 +122,13 @@ def generate_latents(
     guidance = model.default_guidance if guidance is None else guidance
     tokens = torch.from_numpy(model.tokenizer.encode(prompt))[None]
     text, pooled = encode_text(model, tokens, guidance)
-    kv, valid = empty_cache(cfg, text.shape[0])
+    cache = Cache(model, text)
     rng = sampling.stream_rng(seed)
     times = times_for(cfg, steps)
     h, w = cfg.latent_size
     for _ in range(chunks):
         x = torch.from_numpy(sampling.chunk_noise(rng, (1, cfg.latent_channels, h, w)))
-        x, kv = denoise_chunk(model.components["denoiser"], x, times, text, pooled, kv, valid, guidance, cfg.t_ctx)
-        valid = roll_valid(valid)
-        yield x.numpy()
+        yield denoise_chunk(model, x, times, pooled, cache, guidance, cfg.t_ctx).numpy()
 
 
 @torch.no_grad()

@@ -79,6 +79,8 @@ class TorchSession:
             raise BundleError(f"torch backend: missing inputs {missing}; expected {list(self.inputs)}")
         with torch.inference_mode():
             out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.inputs))
+        if isinstance(out, torch.Tensor):  # one-output components
+            out = (out,)
         return {name: t.numpy() for name, t in zip(self.outputs, out, strict=True)}
 
 

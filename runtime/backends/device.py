@@ -1,8 +1,8 @@
 """What the GPU backends share: the device-resident fast path and a dependency-free GPU probe.
 
 The `Session` protocol (`run(feeds) -> outputs`) moves every input to the device and every
-output back, every call. For the denoiser that would copy the whole KV cache (depth × 2 × W ×
-N × D floats) to the host and back on every step. GPU sessions therefore also implement
+output back, every call. For the per-step denoiser that would upload the chunk's whole context
+(depth × 2 × (W·N + L) × D floats) on every step. GPU sessions therefore also implement
 `DeviceSession.bind()`, which returns a `DeviceBinding`: one persistent device buffer per input
 and output (plus, for TensorRT, its own execution context and CUDA stream), allocated once, and
 three primitives on top of them:
@@ -15,21 +15,22 @@ A binding is stream state (DESIGN.md: the stream owns its caches), so each `Stre
 own; the session (engine, weights) stays shared and immutable. `carry` swaps the two buffers
 (double buffering): the next `step` reads the old output buffer as its input and writes into the
 old input buffer. Backends that replay CUDA graphs keep one graph per buffer arrangement (two for
-a carried pair), so a swap never invalidates a graph.
+a carried pair), so a swap never invalidates a graph. The VAE decoder carries its state this way.
 
-The streaming loop (DESIGN.md) maps onto it like this, per stream:
+The streaming loop (DESIGN.md) binds the per-step denoiser, per stream:
 
     b = denoiser.bind()
-    b.write("text", text); b.write("text_pooled", pooled); b.write("kv_cache", zeros)
-    per chunk:  b.write("cache_valid", valid)
+    b.write("text_pooled", pooled)
+    per chunk:  context, bias = context_session.run(...)          # once per chunk, plain run
+                b.write("context", context); b.write("context_bias", bias)
         per step:   b.write("latent", x); b.write("t", t); v = b.step(read=["velocity"])["velocity"]
                     x = sampling.euler_step(x, v, t, t_next)        # the shared numpy sampler
-        commit:     b.write("latent", x); b.write("t", t_ctx); b.step(); b.carry("kv_cache_out", "kv_cache")
+    commit:     kv = commit_session.run(...)                        # once per chunk, plain run
 
-The KV cache and the text embeddings never leave the GPU. The latent and velocity (C×h×w floats,
-8 KiB at the default size) cross once per step each, deliberately: the Euler update stays the
-shared numpy sampler every backend uses. (If the exporter ever folds `x + dt·v` into the
-denoiser graph, `carry("latent_out", "latent")` keeps the latent on the device too.)
+Per step only the latent and t go up and the velocity comes back (C×h×w floats, 8 KiB at the
+default size), deliberately: the Euler update stays the shared numpy sampler every backend uses.
+The context (~1.1 MB at the default size) crosses once per chunk, and the K/V cache lives on the
+host (rolled in place); the context and commit graphs run once per chunk through `Session.run`.
 `Session.run(feeds)` is a private binding's `write` for every input plus `step(read=all outputs)`,
 so the plain protocol and the fast path share one implementation.
 """
