@@ -210,12 +210,36 @@ def _build(source: Bundle, tmp: Path, settings: Settings) -> dict[str, Any]:
                 break
             targets = {c: t / 2 for c, t in targets.items()}
             log.info("mean PSNR below %.0f dB: halving the component targets to %s and searching again", MIN_PSNR_DB, targets)
+        if settings.check_e2e and _has_variants(report) and not _variants_pass(report["end_to_end"]):
+            _drop_variants(tmp, report)
+            _record_precision(source, tmp, settings, report)
         if settings.check_e2e:
             report["latency"] = _latency(_provisional_bundle(tmp), settings, held, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["verdict"] = rep.verdict(report)
     return report
+
+
+def _variants_pass(e2e: dict[str, Any]) -> bool:
+    """Do the ORT-CPU variant files meet the same end-to-end targets as the portable files?"""
+    variants = e2e["ort_cpu_variants"]
+    judge = variants.get("judge")
+    return variants["mean_psnr_db"] >= MIN_PSNR_DB and (not judge or judge["max_drop_points"] <= MAX_JUDGE_DROP)
+
+
+def _drop_variants(tmp: Path, report: dict[str, Any]) -> None:
+    """A faster file that fails the quality targets is not shipped: delete the ORT-CPU variant files
+    and keep their measurements in the report (`end_to_end.ort_cpu_variants_dropped`)."""
+    e2e = report["end_to_end"]
+    e2e["ort_cpu_variants_dropped"] = e2e.pop("ort_cpu_variants")
+    for rec in report["components"].values():
+        variant = rec.get("ort_cpu_variant") or {}
+        if variant.get("file"):
+            (tmp / variant["file"]).unlink(missing_ok=True)
+            variant["dropped"] = variant.pop("file")
+            variant["why_dropped"] = "the ORT-CPU variant files failed the end-to-end quality targets; the portable int8 files run on ORT CPU instead"
+    log.info("ORT-CPU variant files dropped: they failed the end-to-end targets (the portable int8 files are kept)")
 
 
 def _e2e_frames(bundle: Bundle) -> int:
