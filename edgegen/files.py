@@ -14,6 +14,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import: what a plain open() would give a new file
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -24,6 +27,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield temp
         with open(temp, "rb+") as f:  # the writer may have closed it: flush its data to disk
             os.fsync(f.fileno())
+        # Some writers (safetensors) create 0600 files: give the file the mode the target had, or
+        # the one a plain open() would give a new file, so shipped and shared files stay readable.
+        os.chmod(temp, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_UMASK)
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)

@@ -31,3 +31,26 @@ def test_written_file_honours_the_umask(tmp_path: Path) -> None:
     target = tmp_path / "shared.txt"
     atomic_write_text(target, "x")
     assert target.stat().st_mode & 0o044 == 0o044  # readable by others under the usual 022 umask
+
+
+def test_a_writer_that_makes_0600_files_still_gives_a_readable_file(tmp_path: Path) -> None:
+    import os
+
+    new, kept = tmp_path / "new.bin", tmp_path / "kept.bin"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    for target in (new, kept):
+        with atomic_path(target) as temp:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT, 0o600)  # as safetensors' writer does
+            os.write(fd, b"data")
+            os.close(fd)
+    assert new.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert kept.stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -268,3 +268,21 @@ def test_eval_generates_with_a_bundle(tiny_bundle: Path, tmp_path: Path) -> None
     report = json.loads((out / "report.json").read_text())
     assert report["clips"] == 2 and "ort-cpu" in report["source"]
     assert (out / "contact_sheet.png").exists()
+
+
+def test_eval_window_judges_a_late_span_of_each_stream(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgegen import judge as judge_mod
+
+    seen: list[int] = []
+    real = judge_mod.evaluate
+
+    def spy(samples, **kw):  # record the length of every judged clip
+        return real(((p, s, seen.append(len(c)) or c) for p, s, c in samples), **kw)
+
+    monkeypatch.setattr(judge_mod, "evaluate", spy)
+    out = tmp_path / "late"
+    args = ["eval", "--bundle", str(tiny_bundle), "--backend", "ort-cpu", "--n", "2", "--frames", "12", "--window", "9-12", "--no-rejection", "--out", str(out)]
+    assert main(args) == 0
+    assert seen == [4, 4]
+    assert "frames 9-12 of each clip" in json.loads((out / "report.json").read_text())["source"]
+    assert main([*args[:-2], "--window", "9-20", "--out", str(tmp_path / "bad")]) == 2  # past the clip's end

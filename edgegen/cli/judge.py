@@ -134,6 +134,19 @@ def _prompt_list(split: str, n: int, seed: int) -> list[str]:
     return [p for pair in itertools.zip_longest(train, held) for p in pair if p is not None]
 
 
+def _parse_window(text: str, frames: int) -> tuple[int, int]:
+    """--window FIRST-LAST: 1-based, inclusive, within the shortest clip."""
+    try:
+        first, last = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise UserError(f"--window {text!r} is not a range like 200-240") from None
+    if not 1 <= first <= last:
+        raise UserError(f"--window {text!r} is empty or starts before frame 1; write FIRST-LAST, e.g. 200-240")
+    if last > frames:
+        raise UserError(f"--window {text!r} ends after the clip (--frames gives {frames}); raise --frames or lower the window")
+    return first, last
+
+
 def _truth_clips(prompts: list[str], seeds: list[int], frames: list[int], size: int, roundtrip: bool) -> Iterator[tuple[str, int, np.ndarray]]:
     from edgegen import video
     from edgegen.world import parse_prompt, render
@@ -151,7 +164,8 @@ def _truth_clips(prompts: list[str], seeds: list[int], frames: list[int], size: 
                 yield prompt, seed, clip
 
 
-def _generated_clips(gen, prompts: list[str], seeds: list[int], frames: list[int], steps: int | None, roundtrip: bool) -> Iterator[tuple[str, int, np.ndarray]]:
+def _generated_clips(gen, prompts: list[str], seeds: list[int], frames: list[int], steps: int | None, roundtrip: bool,
+                     window: tuple[int, int] | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
     from edgegen import video
 
     with tempfile.TemporaryDirectory(prefix="edgegen-eval-") as tmp:
@@ -160,6 +174,8 @@ def _generated_clips(gen, prompts: list[str], seeds: list[int], frames: list[int
             for base in seeds:
                 seed = base + i
                 clip = np.stack(list(gen.stream(prompt, seed=seed, frames=length, steps=steps)))
+                if window is not None:  # frames first..last (1-based, inclusive) of the streamed clip
+                    clip = clip[window[0] - 1 : window[1]]
                 if roundtrip:
                     video.write_video(path, clip, 24.0, force=True)
                     clip = video.read_video(path).frames
@@ -194,6 +210,7 @@ def eval_command(
     n: int = typer.Option(200, "--n", "-n", help="Number of prompts."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated base seeds; prompt i runs with each base + i (so clips differ)."),
     frames: str = typer.Option("32", "--frames", help="Frames per clip, or a range such as 16-48 (a count drawn per prompt)."),
+    window: str = typer.Option(None, "--window", help="Judge only frames FIRST-LAST (1-based) of each generated clip, e.g. --frames 240 --window 200-240: does a long stream stay on prompt?"),
     size: int = typer.Option(64, "--size", help="Frame size for --truth renders (generated clips have the bundle's)."),
     prompt_seed: int = typer.Option(0, "--prompt-seed", help="Seed of the prompt list (same split + n + seed = same prompts)."),
     roundtrip: bool = typer.Option(None, "--roundtrip/--no-roundtrip", help="Pass clips through an mp4 write/read before judging (default: on for --truth, off otherwise)."),
@@ -217,6 +234,9 @@ def eval_command(
         raise UserError(f"--seeds {max(seed_list)} with --n {n} would use seeds past {MAX_SEED}; lower the seed")
     if truth and bundle is not None:
         raise UserError("pass either --truth or --bundle, not both")
+    span = _parse_window(window, low) if window is not None else None
+    if truth and span is not None:
+        raise UserError("--window applies to generated clips; drop it with --truth")
     _prepare_out(out, force)
     prompt_list = _prompt_list(split, n, prompt_seed)
     lengths = np.random.default_rng([prompt_seed, 1]).integers(low, high + 1, size=len(prompt_list)).tolist()
@@ -229,8 +249,10 @@ def eval_command(
 
         gen = Generator.load(bundle, backend=backend, precision=precision)
         chosen_steps = gen.check_steps(steps)
-        samples = _generated_clips(gen, prompt_list, seed_list, lengths, chosen_steps, bool(roundtrip))
+        samples = _generated_clips(gen, prompt_list, seed_list, lengths, chosen_steps, bool(roundtrip), span)
         source = f"bundle {bundle or 'default'}, backend {gen.backend}, precision {gen.precision}, {chosen_steps} steps"
+        if span is not None:
+            source += f", frames {span[0]}-{span[1]} of each clip"
         size = int(gen.bundle.video["height"])
     kept = _Keep(samples, SHEET_CLIPS, total)
     report = evaluate(kept, rejection=rejection)
