@@ -39,10 +39,10 @@ def test_load_exposes_the_manifest(tiny_bundle: Path) -> None:
     assert b.precisions == ("fp32", "fp16")
     assert set(b.components["fp32"]) == set(COMPONENTS)
     den = b.component("fp32", "denoiser")
-    assert den.input_names == ("latent", "t", "text", "text_pooled", "kv_cache", "cache_valid")
-    assert den.output_names == ("velocity", "kv_cache_out")
+    assert den.input_names == ("latent", "t", "text_pooled", "context", "context_bias")
+    assert den.output_names == ("velocity",)
     assert den.input("latent").shape[0] == "batch" and den.opset == 20
-    assert den.input("kv_cache").concrete_shape(1)[0] == 1
+    assert b.component("fp32", "context").input("kv_cache").concrete_shape(1)[0] == 1
     assert b.steps_available == (1, 2, 4) and b.default_steps == 2
     assert b.schedule(2) == (1.0, 0.5, 0.0)
     assert b.tokenizer().encode("a red ball").dtype == np.int64
