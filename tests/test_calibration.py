@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgegen.bundle import load_bundle
 from edgegen.calibration import Settings, calibrate_bundle
 from edgegen.calibration import capture as cap
+from edgegen.calibration import report as rep
 from edgegen.calibration.quantize import QUANT_OPS, check_qdq
 from edgegen.cli import main
 
@@ -368,3 +369,30 @@ def test_checker_names_each_broken_rule(kwargs: dict[str, Any], words: str) -> N
 
 def test_checker_rejects_int8_in_an_fp8_file() -> None:
     assert any("not fp8" in p for p in check_qdq(_qdq_graph(), "fp8").problems)
+
+
+def test_variant_files_that_fail_end_to_end_are_dropped_not_shipped(tmp_path: Path) -> None:
+    from edgegen.calibration.pipeline import (
+        MAX_JUDGE_DROP,
+        MIN_PSNR_DB,
+        _drop_variants,
+        _variants_pass,
+    )
+
+    (tmp_path / "denoiser.int8.ort-cpu.onnx").write_bytes(b"x")
+    e2e = {"mean_psnr_db": 40.0, "ort_cpu_variants": {"mean_psnr_db": 40.0, "judge": {"max_drop_points": MAX_JUDGE_DROP + 1}}}
+    assert not _variants_pass(e2e)
+    assert _variants_pass({"ort_cpu_variants": {"mean_psnr_db": MIN_PSNR_DB, "judge": {"max_drop_points": 0.0}}})
+    assert not _variants_pass({"ort_cpu_variants": {"mean_psnr_db": MIN_PSNR_DB - 1, "judge": None}})
+    fit = {"calibration_error": {"out": 0.01}, "target_rel_rmse": 0.03, "target_met": True}
+    report = {"end_to_end": e2e, "components": {
+        "denoiser": {"ort_cpu_variant": {"file": "denoiser.int8.ort-cpu.onnx", "chosen": "dynamic"}, **fit},
+        "vae_decoder": {"ort_cpu_variant": {"chosen": None, "why_none": "slower"}, **fit},
+    }}
+    _drop_variants(tmp_path, report)
+    variant = report["components"]["denoiser"]["ort_cpu_variant"]
+    assert "file" not in variant and variant["dropped"] == "denoiser.int8.ort-cpu.onnx" and variant["why_dropped"]
+    assert not (tmp_path / "denoiser.int8.ort-cpu.onnx").exists()
+    assert "ort_cpu_variants" not in e2e and e2e["ort_cpu_variants_dropped"]["mean_psnr_db"] == 40.0
+    verdict = rep.verdict({**report, "targets": {"min_psnr_db": MIN_PSNR_DB, "max_judge_drop_points": MAX_JUDGE_DROP, "min_step_speedup": 1.8}})
+    assert not any("variants" in k for k in verdict["checks"])  # what is not shipped is not judged
