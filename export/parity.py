@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from edgegen.bundle import ComponentEntry
 from edgegen.runtime.backends import Session
@@ -40,22 +39,6 @@ def psnr(clip: np.ndarray, reference: np.ndarray) -> float:
     assert clip.shape == reference.shape, f"clip {clip.shape} != reference {reference.shape}"
     mse = float(np.mean((clip.astype(np.float64) - reference.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
-
-
-class TorchSession:
-    """A torch component behind the runtime's Session protocol (feeds and outputs by manifest name)."""
-
-    def __init__(self, module: torch.nn.Module, entry: ComponentEntry) -> None:
-        self.module = module.eval()
-        self.entry = entry
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.entry.input_names]
-        with torch.inference_mode():
-            outputs = self.module(*args)
-        if isinstance(outputs, torch.Tensor):
-            outputs = (outputs,)
-        return {name: out.float().numpy() for name, out in zip(self.entry.output_names, outputs, strict=True)}
 
 
 @dataclass

@@ -43,6 +43,7 @@ from edgegen.errors import UserError
 from edgegen.export import fp16 as fp16_convert
 from edgegen.export import onnx_export, parity
 from edgegen.export.trt_check import check_trt, max_opset, trt_versions
+from edgegen.model.torch_backend import TorchSession
 from edgegen.runtime.backends.ort_cpu import OrtCpuBackend
 from edgegen.runtime.generator import Generator
 from edgegen.tokenizer import Tokenizer
@@ -295,7 +296,8 @@ def _check_parity(source: ExportSource, bundle: Bundle, report: ExportReport, pr
     t0 = time.perf_counter()
     tokenizer = source.tokenizer
     entries = {name: bundle.component("fp32", name) for name in source.components}
-    torch_sessions = {name: parity.TorchSession(source.components[name].module, entries[name]) for name in entries}
+    torch_sessions = {name: TorchSession(source.components[name].module, entries[name].input_names, entries[name].output_names)
+                      for name in entries}
     torch_gen = Generator(bundle=bundle, backend="torch", precision="fp32", tokenizer=tokenizer,
                           sessions={k: v for k, v in torch_sessions.items() if k != "vae_encoder"})
     steps = bundle.default_steps

@@ -329,8 +329,8 @@ class _Denoiser:
             "cache_valid": np.zeros(entry.input("cache_valid").concrete_shape(), np.float32),  # (1, W)
             "text": text,
         }
-        self._step = _step_driver(gen, pooled)
-        self._feeds = {"text_pooled": pooled, "t": np.zeros((1,), np.float32)}
+        self._feeds = {"text_pooled": pooled, "t": np.zeros((1,), np.float32)}  # + context, latent: the step inputs
+        self._step = _step_driver(gen, self._feeds)
         self._refresh()
 
     def _refresh(self) -> None:
@@ -354,14 +354,14 @@ class _Denoiser:
 
 
 class _HostStep:
-    """Plain `Session.run` on host feeds."""
+    """Plain `Session.run` on the stream's step feeds (shared with the commit pass)."""
 
-    def __init__(self, session: backends.Session, pooled: np.ndarray) -> None:
+    def __init__(self, session: backends.Session, feeds: dict[str, np.ndarray]) -> None:
         self._session = session
-        self._feeds = {"text_pooled": pooled, "t": np.zeros((1,), np.float32)}
+        self._feeds = feeds
 
     def set_context(self, context: np.ndarray, bias: np.ndarray) -> None:
-        self._feeds["context"], self._feeds["context_bias"] = context, bias
+        pass  # the shared feeds already hold them
 
     def velocity(self, x: np.ndarray, t: float) -> np.ndarray:
         self._feeds["latent"] = x
@@ -376,10 +376,10 @@ class _BoundStep:
     """A device binding: pooled text and the chunk's context stay on the device; latent and t go up,
     velocity comes back."""
 
-    def __init__(self, binding: Any, pooled: np.ndarray) -> None:
+    def __init__(self, binding: Any, feeds: dict[str, np.ndarray]) -> None:
         self._b = binding
         self._t = np.zeros((1,), np.float32)
-        binding.write("text_pooled", pooled)
+        binding.write("text_pooled", feeds["text_pooled"])
 
     def set_context(self, context: np.ndarray, bias: np.ndarray) -> None:
         self._b.write("context", context)
@@ -425,11 +425,11 @@ class _BoundDecoder:
         self._b.close()
 
 
-def _step_driver(gen: Generator, pooled: np.ndarray) -> _HostStep | _BoundStep:
+def _step_driver(gen: Generator, feeds: dict[str, np.ndarray]) -> _HostStep | _BoundStep:
     session = gen.sessions["denoiser"]
     if callable(getattr(session, "bind", None)):
-        return _BoundStep(session.bind(), pooled)
-    return _HostStep(session, pooled)
+        return _BoundStep(session.bind(), feeds)
+    return _HostStep(session, feeds)
 
 
 def _decoder_driver(gen: Generator) -> _HostDecoder | _BoundDecoder:

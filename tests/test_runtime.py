@@ -253,3 +253,46 @@ def test_backend_unavailable_says_what_to_install(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(backends.REGISTRY, "torch", "edgegen_no_such_module:X")
     with pytest.raises(BackendUnavailable, match=r"edgegen\[train\]"):
         backends.resolve("torch")
+
+
+class _HostBinding:
+    """A DeviceBinding over a plain session, with host arrays standing in for device buffers."""
+
+    def __init__(self, inner: object, log: list[str]) -> None:
+        self.inner, self.log, self.buffers, self.last = inner, log, {}, {}
+
+    def write(self, name: str, value: np.ndarray) -> None:
+        self.log.append(name)
+        self.buffers[name] = np.array(value, copy=True)
+
+    def step(self, read=()) -> dict[str, np.ndarray]:
+        self.last = self.inner.run(self.buffers)
+        return {name: self.last[name] for name in read}
+
+    def carry(self, output: str, input: str) -> None:
+        self.buffers[input] = self.last[output]
+
+    def close(self) -> None:
+        pass
+
+
+class _Bindable:
+    def __init__(self, inner: object, log: list[str]) -> None:
+        self.inner, self.log = inner, log
+
+    def run(self, feeds):
+        return self.inner.run(feeds)
+
+    def bind(self) -> _HostBinding:
+        return _HostBinding(self.inner, self.log)
+
+
+def test_bound_denoiser_matches_the_host_path_and_uploads_context_once_per_chunk(gen: Generator) -> None:
+    import dataclasses
+
+    writes: list[str] = []
+    sessions = {**gen.sessions, "denoiser": _Bindable(gen.sessions["denoiser"], writes), "vae_decoder": _Bindable(gen.sessions["vae_decoder"], [])}
+    bound = dataclasses.replace(gen, sessions=sessions)
+    np.testing.assert_array_equal(bound.generate(PROMPT, seed=3, frames=12, steps=2), gen.generate(PROMPT, seed=3, frames=12, steps=2))
+    assert writes.count("context") == 3 and writes.count("latent") == 3 * 2  # 3 chunks × 2 steps; context per chunk
+    assert writes.count("text_pooled") == 1

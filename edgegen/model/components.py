@@ -63,7 +63,11 @@ class ContextComponent(nn.Module):
         return self.dit.context(kv_cache, cache_valid, text)
 
 
-class DenoiserComponent(nn.Module):
+class _StepInputsComponent(nn.Module):
+    """A DiT method over the per-step inputs: `velocity` (the denoiser) or `commit`."""
+
+    method = ""
+
     def __init__(self, dit: DiT) -> None:
         super().__init__()
         self.dit = dit
@@ -71,18 +75,15 @@ class DenoiserComponent(nn.Module):
     def forward(
         self, latent: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor,
     ) -> torch.Tensor:
-        return self.dit.velocity(latent, t, text_pooled, context, context_bias)
+        return getattr(self.dit, self.method)(latent, t, text_pooled, context, context_bias)
 
 
-class CommitComponent(nn.Module):
-    def __init__(self, dit: DiT) -> None:
-        super().__init__()
-        self.dit = dit
+class DenoiserComponent(_StepInputsComponent):
+    method = "velocity"
 
-    def forward(
-        self, latent: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.dit.commit(latent, t, text_pooled, context, context_bias)
+
+class CommitComponent(_StepInputsComponent):
+    method = "commit"
 
 
 class VaeDecoderComponent(nn.Module):

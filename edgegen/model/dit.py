@@ -182,25 +182,27 @@ class DiT(nn.Module):
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """One denoising step: x (B,C,h,w), t (B,), text_pooled (B,D), context/bias from `context` -> velocity (B,C,h,w)."""
-        h, c = self.embed(x), self.cond(t, text_pooled)
-        for i, blk in enumerate(self.blocks):
-            mod = blk.modulation(c)
-            q, k, v = blk.qkv_of(h, mod)
-            h = blk.finish(h, blk.attend_context(q, k, v, context[:, i], bias), mod)
-        return self.unembed(h, c)
+        return self._chunk_blocks(x, t, text_pooled, context, bias, commit=False)
 
     def commit(self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The finished chunk x at t = t_ctx -> its K/V in every block (B,depth,2,N,D): the next cache entry.
-        The last block's attention and MLP are not needed for that and are not run."""
+        """The finished chunk x at t = t_ctx -> its K/V in every block (B,depth,2,N,D): the next cache entry."""
+        return self._chunk_blocks(x, t, text_pooled, context, bias, commit=True)
+
+    def _chunk_blocks(self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, context: torch.Tensor, bias: torch.Tensor,
+                      commit: bool) -> torch.Tensor:
+        """The chunk through the blocks against its context: the velocity, or (commit) every block's K/V,
+        for which the last block's attention and MLP are not needed and not run."""
         h, c = self.embed(x), self.cond(t, text_pooled)
         kv = []
         for i, blk in enumerate(self.blocks):
             mod = blk.modulation(c)
             q, k, v = blk.qkv_of(h, mod)
-            kv.append(torch.stack([k, v], dim=1))  # (B, 2, N, D)
-            if i + 1 < len(self.blocks):
-                h = blk.finish(h, blk.attend_context(q, k, v, context[:, i], bias), mod)
-        return torch.stack(kv, dim=1)
+            if commit:
+                kv.append(torch.stack([k, v], dim=1))  # (B, 2, N, D)
+                if i + 1 == len(self.blocks):
+                    return torch.stack(kv, dim=1)
+            h = blk.finish(h, blk.attend_context(q, k, v, context[:, i], bias), mod)
+        return self.unembed(h, c)
 
     # -- training: whole clips, both streams, block-causal ---------------------------------------
     def forward_train(
