@@ -283,7 +283,11 @@ def use_threads(threads: int | None) -> None:
 
 
 def threads_in_use(impl: backends.Backend) -> int | None:
-    """The backend's CPU thread count: its `threads` attribute (ort-cpu), else torch's pool if loaded."""
+    """The backend's CPU thread count: the most any of its sessions uses (ort-cpu measures a plan per
+    component), else its fixed `threads`, else torch's pool if loaded."""
+    plans = getattr(impl, "plans", None)
+    if plans:
+        return max(plan.threads for plan in plans.values())
     threads = getattr(impl, "threads", None)
     if isinstance(threads, int):
         return threads
@@ -307,7 +311,8 @@ def load_timed(spec: RunSpec) -> tuple[Generator, dict[str, Any]]:
         open_s[name] = time.perf_counter() - opened
     gen = Generator(bundle=bundle, backend=impl.name, precision=precision, tokenizer=bundle.tokenizer(), sessions=sessions)
     load = {"bundle_s": bundle_s, "sessions_s": open_s, "total_s": time.perf_counter() - start}
-    return gen, {"load": load, "threads": threads_in_use(impl)}
+    plans = {name: str(plan) for name, plan in getattr(impl, "plans", {}).items()}
+    return gen, {"load": load, "threads": threads_in_use(impl), "thread_plans": plans}
 
 
 class Measurement:
@@ -724,6 +729,7 @@ _OK_RESULT = {
             "properties": {"sessions_s": {"type": "object", "required": list(STREAM_COMPONENTS)}},
         },
         "threads": {"type": ["integer", "null"]},
+        "thread_plans": {"type": "object", "additionalProperties": {"type": "string"}},
         "cpu": {
             "type": "object",
             "required": ["wall_s", "process_cpu_s", "utilization"],

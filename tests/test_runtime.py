@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,58 @@ def test_bound_denoiser_matches_the_host_path_and_uploads_context_once_per_chunk
     np.testing.assert_array_equal(bound.generate(PROMPT, seed=3, frames=12, steps=2), gen.generate(PROMPT, seed=3, frames=12, steps=2))
     assert writes.count("context") == 3 and writes.count("latent") == 3 * 2  # 3 chunks × 2 steps; context per chunk
     assert writes.count("text_pooled") == 1
+
+
+# -- ORT CPU thread plans ------------------------------------------------------------------------
+
+
+class _SleepySession:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    def run(self, feeds: dict) -> dict:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return {}
+
+
+def test_fastest_plan_is_the_one_with_the_quicker_calls() -> None:
+    from edgegen.runtime.backends.ort_cpu import ThreadPlan, fastest
+
+    slow, quick = _SleepySession(0.004), _SleepySession(0.0005)
+    plans = {ThreadPlan(1): slow, ThreadPlan(2, spin=True): quick}
+    assert fastest(plans, {}) == ThreadPlan(2, spin=True)
+    plans = {ThreadPlan(1): quick, ThreadPlan(2, spin=True): slow}
+    assert fastest(plans, {}) == ThreadPlan(1)
+    assert slow.calls == quick.calls > 10  # interleaved, the same number of calls each
+
+
+def test_thread_plan_options_spin_only_within_a_run() -> None:
+    from edgegen.runtime.backends.ort_cpu import ThreadPlan, candidate_plans
+
+    spin = ThreadPlan(2, spin=True).options()
+    assert spin.intra_op_num_threads == 2
+    assert spin.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spin.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert ThreadPlan(1).options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert candidate_plans(1) == (ThreadPlan(1),)
+    assert candidate_plans(4) == (ThreadPlan(1), ThreadPlan(4, spin=True))
+
+
+def test_ort_cpu_measures_a_plan_per_component_unless_threads_are_fixed(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgegen.runtime.backends import ort_cpu
+
+    bundle = load_bundle(tiny_bundle)
+    monkeypatch.setattr(ort_cpu, "physical_cores", lambda: 2)
+    auto = ort_cpu.OrtCpuBackend()
+    session = auto.open(bundle, "denoiser", "fp32")
+    assert auto.plans["denoiser"] in ort_cpu.candidate_plans(2)
+    auto.open(bundle, "text_encoder", "fp32")
+    assert auto.plans["text_encoder"] == ort_cpu.ThreadPlan(1)  # once per stream: not measured
+    fixed = ort_cpu.OrtCpuBackend(threads=1)
+    monkeypatch.setattr(ort_cpu, "fastest", lambda *a, **k: pytest.fail("fixed threads must not be measured"))
+    reference = fixed.open(bundle, "denoiser", "fp32")
+    assert fixed.plans["denoiser"] == ort_cpu.ThreadPlan(1)
+    feeds = ort_cpu.sample_feeds(session.entry)
+    np.testing.assert_allclose(session.run(feeds)["velocity"], reference.run(feeds)["velocity"], rtol=1e-5, atol=1e-5)

@@ -153,6 +153,9 @@ def _result_rows(r: Mapping[str, Any], frames: int) -> list[str]:
         f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB (+{(mem['peak_rss_bytes'] - mem['rss_start_bytes']) / 2**20:.0f}){gpu}; "
         f"{r['threads'] or '?'} threads, {r['cpu']['utilization']:.2f} cores busy"
     )
+    if r.get("thread_plans"):
+        plans = ", ".join(f"{name} {plan}" for name, plan in r["thread_plans"].items())
+        rows.append(f"{'':16} threads measured at load: {plans}")
     return rows
 
 
