@@ -85,7 +85,7 @@ def open_ort_session(bundle: Bundle, component: str, precision: str, options: ob
     return OrtSession(session, entry, path)
 
 
-ONCE_PER_STREAM = ("text_encoder", "vae_encoder")
+ONCE_PER_STREAM = ("text_encoder",)
 
 
 @dataclass(frozen=True)
