@@ -206,3 +206,39 @@ def test_torch_backend_runs_components(tmp_path: Path, cfg: ModelConfig, modules
     wrong = SimpleNamespace(path=tmp_path, manifest={"provenance": {"checkpoint_sha256": "0" * 64}})
     with pytest.raises(BundleError, match="exported from"):
         backend.open(wrong, "denoiser", "fp32")
+
+
+# -- teacher-forced continuation (python -m edgegen.model.evaluate --continuation) ---------------
+
+
+def test_centroid_finds_the_object_and_none_on_an_empty_frame() -> None:
+    from edgegen.model.evaluate import centroid
+
+    frame = np.zeros((64, 64, 3), np.float32)
+    assert centroid(frame) is None
+    frame[10:20, 40:50] = (1.0, 0.0, 0.0)
+    np.testing.assert_allclose(centroid(frame), [44.5, 14.5])
+
+
+def test_steady_movers_are_single_objects_moving_one_way() -> None:
+    from edgegen.model.evaluate import STEADY, steady_movers
+    from edgegen.world import parse_prompt
+
+    found = steady_movers("heldout", 6)
+    assert len(found) == 6
+    for prompt in found:
+        (obj,) = parse_prompt(prompt).objects
+        assert obj.motion in STEADY
+
+
+def test_continuation_on_the_shipped_model_reports_shares() -> None:
+    from edgegen.model.evaluate import continuation, continue_clip
+    from edgegen.model.pipeline import load_model
+    from edgegen.model.torch_backend import shipped_checkpoint
+
+    model = load_model(shipped_checkpoint())
+    frames = continue_clip(model, "a red circle moving right", 0, 2)
+    assert [f.shape for f in frames] == [(model.config.height, model.config.width, 3)] * 3
+    (row,) = continuation(str(shipped_checkpoint()), [2], 3, "heldout")
+    assert row["n"] == 3 and 0.0 <= row["stalled"] <= 1.0 and 0.0 <= row["continued"] <= 1.0
+    assert row["continued"] + row["stalled"] <= 1.0

@@ -2,9 +2,15 @@
 
     python -m edgegen.model.evaluate runs/default/teacher/last.safetensors --guidance 1,3,4,5 --n 24
     python -m edgegen.model.evaluate runs/default/student/last.safetensors --steps 1,2,4 --n 24
+    python -m edgegen.model.evaluate runs/default/teacher/last.safetensors --continuation 1,2,3 --n 48
 
 Prompts are `edgegen.world.prompts(split, n, seed)`; one seed per prompt. Prints one JSON line per
 setting with the judge's accuracies, so the CFG scale for distillation can be chosen by measurement.
+
+`--continuation K` is teacher forcing: the first K chunks of a real clip (rendered, VAE-encoded,
+committed to the cache as the stream would) and the model generates chunk K. For single-object
+steady movers (left / right / up / down) it reports how often the generated chunk moves on in the
+clip's direction, or stalls: whether motion is lost in continuing it or in starting it.
 """
 
 from __future__ import annotations
@@ -13,10 +19,22 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 
+from edgegen import sampling
 from edgegen.judge import evaluate
-from edgegen.model.pipeline import generate_video, load_model
+from edgegen.model.pipeline import (
+    Cache,
+    Model,
+    denoise_chunk,
+    encode_text,
+    generate_video,
+    load_model,
+    times_for,
+)
+
+STEADY = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 
 def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: int, split: str, frames: int) -> list[dict]:
@@ -38,6 +56,79 @@ def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: 
     return rows
 
 
+def steady_movers(split: str, n: int, seed: int = 0) -> list[str]:
+    """The first `n` single-object prompts of `split` whose object moves steadily left/right/up/down."""
+    from edgegen.world import parse_prompt, prompts
+
+    found: list[str] = []
+    for p in prompts(split, 40 * n, seed):
+        objects = parse_prompt(p).objects
+        if len(objects) == 1 and objects[0].motion in STEADY:
+            found.append(p)
+            if len(found) == n:
+                break
+    return found
+
+
+def centroid(frame: np.ndarray, threshold: float = 0.25) -> np.ndarray | None:
+    """(x, y) in pixels of the pixels far from the frame's median colour (the object); None if none."""
+    far = np.linalg.norm(frame - np.median(frame.reshape(-1, 3), axis=0), axis=-1) > threshold
+    ys, xs = np.nonzero(far)
+    return np.array([xs.mean(), ys.mean()]) if len(xs) else None
+
+
+@torch.no_grad()
+def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real chunks 0..k-1 as context -> (last real frame of chunk k-1, real chunk k's last frame, the
+    generated chunk k's last frame), float [H, W, 3] in [0, 1], decoded with the same carried state."""
+    from edgegen.world import parse_prompt, render
+
+    cfg, parts = model.config, model.components
+    F = cfg.chunk_frames
+    clip = torch.from_numpy(render(parse_prompt(prompt), seed, F * (k + 1), cfg.height)).float()[None] / 255.0
+    state, real = torch.zeros(1, cfg.height, cfg.width, 3), []
+    for i in range(k + 1):
+        z, state = parts["vae_encoder"](clip[:, i * F : (i + 1) * F], state)
+        real.append(z)
+    guidance = model.default_guidance
+    text, pooled = encode_text(model, torch.from_numpy(model.tokenizer.encode(prompt))[None], guidance)
+    cache = Cache(model, text)
+    rows = pooled.shape[0]
+    for z in real[:k]:
+        cache.push(parts["commit"](z.expand(rows, -1, -1, -1), torch.full((rows,), cfg.t_ctx), pooled, cache.context, cache.bias))
+    noise = torch.from_numpy(sampling.chunk_noise(sampling.stream_rng(seed), (1, cfg.latent_channels, *cfg.latent_size)))
+    made = denoise_chunk(model, noise, times_for(cfg, steps or model.default_steps), pooled, cache, guidance, cfg.t_ctx)
+    dstate = torch.zeros(1, cfg.latent_channels, *cfg.latent_size)
+    for z in real[:k]:
+        frames, dstate = parts["vae_decoder"](z, dstate)
+    last = frames[0, -1].numpy()
+    return last, parts["vae_decoder"](real[k], dstate)[0][0, -1].numpy(), parts["vae_decoder"](made, dstate)[0][0, -1].numpy()
+
+
+def continuation(path: str, context_chunks: list[int], n: int, split: str, steps: int | None = None) -> list[dict]:
+    """Teacher forcing on steady movers: the share of generated chunks that move on in the real clip's
+    direction (at least half its displacement along it), and the share that stall (under a quarter)."""
+    model = load_model(path)
+    cases = steady_movers(split, n)
+    rows = []
+    for k in context_chunks:
+        moved = stalled = 0
+        for i, prompt in enumerate(cases):
+            before, real, made = (centroid(f) for f in continue_clip(model, prompt, i, k, steps))
+            if before is None or real is None or made is None:
+                stalled += 1
+                continue
+            want = real - before
+            along = float(np.dot(made - before, want) / max(float(np.dot(want, want)), 1e-6))
+            moved += along >= 0.5
+            stalled += abs(along) < 0.25
+        row = {"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "n": len(cases),
+               "continued": round(moved / len(cases), 3), "stalled": round(stalled / len(cases), 3)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -47,9 +138,14 @@ def main() -> None:
     ap.add_argument("--split", default="train", choices=("train", "heldout"))
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.continuation:
+        steps = [int(x) for x in a.steps.split(",") if x]
+        continuation(a.checkpoint, [int(x) for x in a.continuation.split(",")], a.n, a.split, steps[0] if steps else None)
+        return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
     steps = [int(x) for x in a.steps.split(",") if x] or [None]
     sweep(a.checkpoint, guidances, steps, a.n, a.split, a.frames)
