@@ -11,6 +11,8 @@ setting with the judge's accuracies, so the CFG scale for distillation can be ch
 committed to the cache as the stream would) and the model generates chunk K. For single-object
 steady movers (left / right / up / down) it reports how often the generated chunk moves on in the
 clip's direction, or stalls: whether motion is lost in continuing it or in starting it.
+`--free-run C` is the same measure on the model's own C-chunk streams, chunk by chunk (plus how
+often the object is gone): where a stream loses its motion and its object.
 """
 
 from __future__ import annotations
@@ -107,23 +109,58 @@ def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | Non
 
 def continuation(path: str, context_chunks: list[int], n: int, split: str, steps: int | None = None) -> list[dict]:
     """Teacher forcing on steady movers: the share of generated chunks that move on in the real clip's
-    direction (at least half its displacement along it), and the share that stall (under a quarter)."""
+    direction (at least half its displacement along it), stall (under a quarter), do something else,
+    or have no object."""
     model = load_model(path)
     cases = steady_movers(split, n)
     rows = []
     for k in context_chunks:
-        moved = stalled = 0
+        tally = dict.fromkeys(("moved", "stalled", "other", "missing"), 0)
         for i, prompt in enumerate(cases):
             before, real, made = (centroid(f) for f in continue_clip(model, prompt, i, k, steps))
-            if before is None or real is None or made is None:
-                stalled += 1
+            want = None if before is None or real is None else real - before
+            if want is None or not np.any(want):
+                tally["missing"] += 1
                 continue
-            want = real - before
-            along = float(np.dot(made - before, want) / max(float(np.dot(want, want)), 1e-6))
-            moved += along >= 0.5
-            stalled += abs(along) < 0.25
+            norm = float(np.linalg.norm(want))
+            tally[along_motion(before, made, want / norm, norm)] += 1
         row = {"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "n": len(cases),
-               "continued": round(moved / len(cases), 3), "stalled": round(stalled / len(cases), 3)}
+               **{key: round(v / len(cases), 3) for key, v in tally.items()}}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def along_motion(before: np.ndarray | None, after: np.ndarray | None, direction: np.ndarray, expected: float) -> str:
+    """"missing" (no object in a frame), "moved" (at least half the expected displacement along the
+    direction), "stalled" (under a quarter of it either way) or "other"."""
+    if before is None or after is None:
+        return "missing"
+    along = float(np.dot(after - before, direction)) / expected
+    return "moved" if along >= 0.5 else "stalled" if abs(along) < 0.25 else "other"
+
+
+def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = None) -> list[dict]:
+    """The model's own streams of steady movers: per pair of consecutive chunks, the share whose
+    object moved on in the prompt's direction, stalled, or is missing."""
+    from edgegen.world import parse_prompt
+    from edgegen.world.renderer import FPS, SPEED
+
+    model = load_model(path)
+    F, size = model.config.chunk_frames, model.config.width
+    expected = SPEED * size * F / FPS  # pixels a steady mover covers in one chunk
+    cases = steady_movers(split, n)
+    counts = [dict.fromkeys(("moved", "stalled", "other", "missing"), 0) for _ in range(chunks - 1)]
+    for i, prompt in enumerate(cases):
+        video = generate_video(model, prompt, seed=i, frames=F * chunks, steps=steps).astype(np.float32) / 255.0
+        direction = np.array(STEADY[parse_prompt(prompt).objects[0].motion])
+        ends = [centroid(video[F * (c + 1) - 1]) for c in range(chunks)]
+        for c in range(chunks - 1):
+            counts[c][along_motion(ends[c], ends[c + 1], direction, expected)] += 1
+    rows = []
+    for c, tally in enumerate(counts):
+        row = {"checkpoint": path, "kind": model.kind, "split": split, "chunks": f"{c}->{c + 1}", "n": len(cases),
+               **{k: round(v / len(cases), 3) for k, v in tally.items()}}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -139,16 +176,19 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
+    ap.add_argument("--free-run", type=int, default=0, help="chunks per stream for the free-running motion measure (see above)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    steps = [int(x) for x in a.steps.split(",") if x]
     if a.continuation:
-        steps = [int(x) for x in a.steps.split(",") if x]
         continuation(a.checkpoint, [int(x) for x in a.continuation.split(",")], a.n, a.split, steps[0] if steps else None)
         return
+    if a.free_run:
+        free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None)
+        return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
-    steps = [int(x) for x in a.steps.split(",") if x] or [None]
-    sweep(a.checkpoint, guidances, steps, a.n, a.split, a.frames)
+    sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames)
 
 
 if __name__ == "__main__":
