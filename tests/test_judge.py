@@ -286,3 +286,23 @@ def test_eval_window_judges_a_late_span_of_each_stream(tiny_bundle: Path, tmp_pa
     assert seen == [4, 4]
     assert "frames 9-12 of each clip" in json.loads((out / "report.json").read_text())["source"]
     assert main([*args[:-2], "--window", "9-20", "--out", str(tmp_path / "bad")]) == 2  # past the clip's end
+
+
+def test_eval_truth_window_judges_the_same_span_of_the_rendered_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgegen import judge as judge_mod
+    from edgegen.world import parse_prompt, render
+
+    seen: list[np.ndarray] = []
+    real = judge_mod.evaluate
+
+    def spy(samples, **kw):
+        return real(((p, s, seen.append(c) or c) for p, s, c in samples), **kw)
+
+    monkeypatch.setattr(judge_mod, "evaluate", spy)
+    out = tmp_path / "late"
+    args = ["eval", "--truth", "--no-roundtrip", "--n", "2", "--frames", "24", "--window", "17-24", "--no-rejection", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "frames 17-24 of each clip" in report["source"]
+    first = report["clip_results"][0]
+    np.testing.assert_array_equal(seen[0], render(parse_prompt(first["prompt"]), first["seed"], 24, 64)[16:24])

@@ -147,7 +147,8 @@ def _parse_window(text: str, frames: int) -> tuple[int, int]:
     return first, last
 
 
-def _truth_clips(prompts: list[str], seeds: list[int], frames: list[int], size: int, roundtrip: bool) -> Iterator[tuple[str, int, np.ndarray]]:
+def _truth_clips(prompts: list[str], seeds: list[int], frames: list[int], size: int, roundtrip: bool,
+                 window: tuple[int, int] | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
     from edgegen import video
     from edgegen.world import parse_prompt, render
 
@@ -158,6 +159,8 @@ def _truth_clips(prompts: list[str], seeds: list[int], frames: list[int], size: 
             for base in seeds:
                 seed = base + i
                 clip = render(scene, seed, length, size)
+                if window is not None:  # the same span a generated clip's window judges
+                    clip = clip[window[0] - 1 : window[1]]
                 if roundtrip:  # judge what a user would see: the clip after H.264
                     video.write_video(path, clip, 24.0, force=True)
                     clip = video.read_video(path).frames
@@ -210,7 +213,7 @@ def eval_command(
     n: int = typer.Option(200, "--n", "-n", help="Number of prompts."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated base seeds; prompt i runs with each base + i (so clips differ)."),
     frames: str = typer.Option("32", "--frames", help="Frames per clip, or a range such as 16-48 (a count drawn per prompt)."),
-    window: str = typer.Option(None, "--window", help="Judge only frames FIRST-LAST (1-based) of each generated clip, e.g. --frames 240 --window 200-240: does a long stream stay on prompt?"),
+    window: str = typer.Option(None, "--window", help="Judge only frames FIRST-LAST (1-based) of each clip, e.g. --frames 240 --window 200-240: does a long stream stay on prompt? (With --truth: what the world itself shows there.)"),
     size: int = typer.Option(64, "--size", help="Frame size for --truth renders (generated clips have the bundle's)."),
     prompt_seed: int = typer.Option(0, "--prompt-seed", help="Seed of the prompt list (same split + n + seed = same prompts)."),
     roundtrip: bool = typer.Option(None, "--roundtrip/--no-roundtrip", help="Pass clips through an mp4 write/read before judging (default: on for --truth, off otherwise)."),
@@ -235,14 +238,12 @@ def eval_command(
     if truth and bundle is not None:
         raise UserError("pass either --truth or --bundle, not both")
     span = _parse_window(window, low) if window is not None else None
-    if truth and span is not None:
-        raise UserError("--window applies to generated clips; drop it with --truth")
     _prepare_out(out, force)
     prompt_list = _prompt_list(split, n, prompt_seed)
     lengths = np.random.default_rng([prompt_seed, 1]).integers(low, high + 1, size=len(prompt_list)).tolist()
     total = len(prompt_list) * len(seed_list)
     if truth:
-        samples = _truth_clips(prompt_list, seed_list, lengths, size, roundtrip is not False)
+        samples = _truth_clips(prompt_list, seed_list, lengths, size, roundtrip is not False, span)
         source = "ground-truth renders" + (" (mp4 round trip)" if roundtrip is not False else "")
     else:
         from edgegen.runtime.generator import Generator
@@ -251,9 +252,9 @@ def eval_command(
         chosen_steps = gen.check_steps(steps)
         samples = _generated_clips(gen, prompt_list, seed_list, lengths, chosen_steps, bool(roundtrip), span)
         source = f"bundle {bundle or 'default'}, backend {gen.backend}, precision {gen.precision}, {chosen_steps} steps"
-        if span is not None:
-            source += f", frames {span[0]}-{span[1]} of each clip"
         size = int(gen.bundle.video["height"])
+    if span is not None:
+        source += f", frames {span[0]}-{span[1]} of each clip"
     kept = _Keep(samples, SHEET_CLIPS, total)
     report = evaluate(kept, rejection=rejection)
     report.update(
