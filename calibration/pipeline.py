@@ -60,7 +60,8 @@ class Settings:
     samples: int = 128  # calibration inputs per component (drawn evenly from the captured calls)
     prompts: int = 16  # training-split streams captured for calibration
     eval_prompts: int = 8  # held-out streams captured for the component checks
-    judge_prompts: int = 64  # held-out prompts for the clips (PSNR, judge): one flip = 100/n points
+    judge_prompts: int = 200  # held-out prompts for the clips (PSNR, judge): one flip = 100/n points, so the
+    # 2-point judge target needs ~200 (at 64 one flip is 1.6 points: three flips failed a model that passed at 200)
     frames: int | None = None  # per stream; default: enough chunks to fill and roll the KV cache
     seed: int = 0
     components: Sequence[str] = DEFAULT_COMPONENTS

@@ -139,8 +139,8 @@ def markdown(report: dict[str, Any]) -> str:
         judge = e2e.get("judge")
         if judge:
             lines += [f"Judge accuracy per attribute (percent of the prompts that specify it). With {len(e2e['prompts'])} prompts one "
-                      f"changed verdict moves an attribute by up to {100 / max(1, len(e2e['prompts'])):.1f} points, so the 2-point target "
-                      "needs about 50 prompts or more to be resolved (`--judge-prompts`).", ""]
+                      f"changed verdict moves an attribute by up to {100 / max(1, len(e2e['prompts'])):.1f} points; the 2-point target "
+                      "is resolved from about 200 prompts (`--judge-prompts`, the default).", ""]
             lines += ["| attribute | fp32 accuracy | " + p + " accuracy | drop (points) |", "| --- | --- | --- | --- |"]
             lines += [f"| {k} | {_f(judge['fp32'][k], 1)} | {_f(judge[p].get(k), 1)} | {_f(judge['drop_points'][k], 1)} |" for k in judge["fp32"]]
         else:

@@ -22,7 +22,7 @@ def calibrate(
     samples: int = typer.Option(128, "--samples", "-n", min=1, help="Calibration inputs per component, spread over every step and chunk."),
     prompts: int = typer.Option(16, "--prompts", min=1, help="Training-split prompts streamed to capture the calibration inputs."),
     eval_prompts: int = typer.Option(8, "--eval-prompts", min=1, help="Held-out prompts captured for the per-component checks."),
-    judge_prompts: int = typer.Option(64, "--judge-prompts", min=1, help="Held-out prompts for the end-to-end clips (PSNR vs fp32, judge accuracy)."),
+    judge_prompts: int = typer.Option(200, "--judge-prompts", min=1, help="Held-out prompts for the end-to-end clips (PSNR vs fp32, judge accuracy; one flip = 100/n points)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output bundle folder (default: BUNDLE-PRECISION beside BUNDLE)."),
     components: str = typer.Option("denoiser,vae_decoder", "--components", help="Comma list of components to quantize; the others stay fp32 (shared files)."),
     seed: int = typer.Option(0, "--seed", min=0, help="First seed of the capture streams."),
