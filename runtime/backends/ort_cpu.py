@@ -74,7 +74,7 @@ def open_ort_session(bundle: Bundle, component: str, precision: str, options: ob
     entry = bundle.component(precision, component)
     path = bundle.file(entry.file_for(backend))
     if path.name != entry.file:
-        log.info("%s %s: using %s, the bundle's %s variant", component, precision, path.name, backend)
+        log.debug("%s %s: using %s, the bundle's %s variant", component, precision, path.name, backend)
     state = ort.capi.onnxruntime_pybind11_state
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -177,5 +177,8 @@ class OrtCpuBackend:
         sessions = {plan: open_with(plan) for plan in plans}
         plan = plans[0] if len(plans) == 1 else fastest(sessions, sample_feeds(next(iter(sessions.values())).entry))
         self.plans[component] = plan
+        chosen = sessions[plan]
+        if chosen.path.name != chosen.entry.file:
+            log.info("%s %s: using %s, the bundle's %s variant", component, precision, chosen.path.name, self.name)
         log.debug("%s %s on ORT CPU: %s", component, precision, plan)
-        return sessions[plan]
+        return chosen
