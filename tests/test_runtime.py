@@ -324,6 +324,14 @@ def test_fastest_plan_is_the_one_with_the_quicker_calls() -> None:
     assert slow.calls == quick.calls > 10  # interleaved, the same number of calls each
 
 
+def test_fastest_plan_keeps_the_wider_plan_within_the_margin() -> None:
+    from edgegen.runtime.backends.ort_cpu import ThreadPlan, fastest
+
+    one, two = ThreadPlan(1), ThreadPlan(2, spin=True)
+    assert fastest({one: _SleepySession(0.00195), two: _SleepySession(0.002)}, {}, rounds=3, calls=3) == two  # within noise
+    assert fastest({one: _SleepySession(0.001), two: _SleepySession(0.003)}, {}, rounds=3, calls=3) == one  # a busy machine
+
+
 def test_thread_plan_options_spin_only_within_a_run() -> None:
     from edgegen.runtime.backends.ort_cpu import ThreadPlan, candidate_plans
 
