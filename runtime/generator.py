@@ -191,11 +191,22 @@ class Generator:
         bundle: Bundle | str | Path | None = None,
         backend: str = backends.AUTO,
         precision: str | None = None,
+        threads: int | None = None,
     ) -> Generator:
-        """Load a bundle (default: the shipped one), pick the backend and precision, open sessions."""
+        """Load a bundle (default: the shipped one), pick the backend and precision, open sessions.
+
+        `threads` fixes the CPU threads of a CPU backend's sessions (ort-cpu; by default it measures
+        1 thread against all cores per component at load): e.g. 1 when several streams run at once
+        from different threads, so they do not fight over the cores."""
+        if threads is not None and threads < 1:
+            raise UserError(f"threads={threads}: use 1 or more, or None to let the backend choose")
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(default_bundle_path() if bundle is None else bundle)
         impl = backends.resolve(backend)
+        if threads is not None:
+            if not hasattr(impl, "threads"):
+                raise UserError(f"backend {impl.name} does not take a CPU thread count; drop --threads (it applies to ort-cpu)")
+            impl.threads = threads
         chosen, why = choose_precision(bundle, impl, precision)
         log.info("precision %s: %s", chosen, why)
         sessions = {name: impl.open(bundle, name, chosen) for name in STREAM_COMPONENTS}

@@ -360,3 +360,17 @@ def test_ort_cpu_measures_a_plan_per_component_unless_threads_are_fixed(tiny_bun
     assert fixed.plans["denoiser"] == ort_cpu.ThreadPlan(1)
     feeds = ort_cpu.sample_feeds(session.entry)
     np.testing.assert_allclose(session.run(feeds)["velocity"], reference.run(feeds)["velocity"], rtol=1e-5, atol=1e-5)
+
+
+def test_generator_threads_fix_the_ort_cpu_plan_and_are_refused_elsewhere(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgegen.runtime.backends import ort_cpu
+
+    monkeypatch.setattr(ort_cpu, "fastest", lambda *a, **k: pytest.fail("fixed threads must not be measured"))
+    one = Generator.load(tiny_bundle, backend="ort-cpu", threads=1).generate(PROMPT, seed=4, frames=5).astype(int)
+    two = Generator.load(tiny_bundle, backend="ort-cpu", threads=2).generate(PROMPT, seed=4, frames=5).astype(int)
+    assert np.abs(one - two).max() <= 1  # the same graphs; only the GEMM split over threads may differ
+    with pytest.raises(UserError, match="threads=0"):
+        Generator.load(tiny_bundle, backend="ort-cpu", threads=0)
+    monkeypatch.setattr(backends, "resolve", lambda name: _FakeBackend())
+    with pytest.raises(UserError, match="does not take a CPU thread count"):
+        Generator.load(tiny_bundle, backend="ort-cpu", threads=1)

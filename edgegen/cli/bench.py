@@ -55,7 +55,7 @@ def bench(
     repeat: int = typer.Option(5, "--repeat", help="Timed generations per combination."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per combination."),
     prompt: str = typer.Option("a red circle moving right", "--prompt", help="Prompt to generate."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for every backend (default: each backend's own; ort-cpu: physical cores, torch: its default)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for every backend (default: each backend's own; ort-cpu: 1 or all cores, measured per component at load; torch: its default)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart (p50 bars, p90 whiskers) here."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json / --plot files."),

@@ -79,6 +79,7 @@ def generate(
     bundle: Path = typer.Option(None, "--bundle", help="Bundle folder (default: the shipped model)."),
     fps: float = typer.Option(None, "--fps", help="Frame rate written to the file (default: the bundle's)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite --out if it exists."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads per session (ort-cpu; default: 1 or all cores, measured per component at load)."),
 ) -> None:
     """Generate a clip from a text prompt, streaming frames into --out as they are made."""
     from edgegen import video
@@ -86,7 +87,7 @@ def generate(
 
     validate_args(frames, seed, backend, precision, fps)
     video.check_writable(out, force=force)
-    gen = Generator.load(bundle, backend=backend, precision=precision)
+    gen = Generator.load(bundle, backend=backend, precision=precision, threads=threads)
     stream_steps = gen.check_steps(steps)
     timing, progress = _Timing(), _Progress(frames)
     stream = gen.stream(prompt, seed=seed, frames=frames, steps=stream_steps, hooks=[timing, progress])
