@@ -78,10 +78,3 @@ def test_bad_prompt_and_bad_paths(tiny_bundle: Path, tmp_path: Path, capsys: pyt
     assert _run(tmp_path / "not-a-bundle", "--out", str(tmp_path / "c.mp4")) == 2
     assert "not-a-bundle" in capsys.readouterr().err
 
-
-def test_generate_threads_zero_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from edgegen.cli import main
-
-    assert main(["generate", "a red circle moving right", "--threads", "0", "--out", str(tmp_path / "c.mp4")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("edgegen: error: threads=0") and not (tmp_path / "c.mp4").exists()
