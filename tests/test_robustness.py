@@ -230,7 +230,7 @@ GENERATE_FLAGS = {
     "huge seed": (["--seed", str(2**64)], f"use 0 to {MAX_SEED}"),
     "unknown backend": (["--backend", "cuda"], "valid: auto, ort-cpu"),
     "unknown precision": (["--precision", "int4"], "valid: fp32, fp16, int8, fp8"),
-    "threads 0": (["--threads", "0"], "use 1 or more"),
+    "threads 0": (["--threads", "0"], "--threads 0 is out of range; use 1 or more"),
     "--size (the bundle fixes the size)": (["--size", "64"], "No such option: --size"),
 }
 
