@@ -232,7 +232,7 @@ def test_steady_movers_are_single_objects_moving_one_way() -> None:
 
 
 def test_continuation_on_the_shipped_model_reports_shares() -> None:
-    from edgegen.model.evaluate import continuation, continue_clip, free_run
+    from edgegen.model.evaluate import OUTCOMES, continuation, continue_clip, free_run
     from edgegen.model.pipeline import load_model
     from edgegen.model.torch_backend import shipped_checkpoint
 
@@ -240,10 +240,10 @@ def test_continuation_on_the_shipped_model_reports_shares() -> None:
     frames = continue_clip(model, "a red circle moving right", 0, 2)
     assert [f.shape for f in frames] == [(model.config.height, model.config.width, 3)] * 3
     (row,) = continuation(str(shipped_checkpoint()), [2], 3, "heldout")
-    assert row["n"] == 3 and abs(sum(row[k] for k in ("moved", "stalled", "other", "missing")) - 1.0) < 1e-6
+    assert row["n"] == 3 and abs(sum(row[k] for k in OUTCOMES) - 1.0) < 1e-6
     rows = free_run(str(shipped_checkpoint()), 3, 2, "heldout")
     assert [r["chunks"] for r in rows] == ["0->1", "1->2"]
-    assert all(abs(sum(r[k] for k in ("moved", "stalled", "other", "missing")) - 1.0) < 1e-6 for r in rows)
+    assert all(abs(sum(r[k] for k in OUTCOMES) - 1.0) < 1e-6 for r in rows)
 
 
 def test_along_motion_classifies_displacements() -> None:

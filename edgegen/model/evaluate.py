@@ -37,6 +37,13 @@ from edgegen.model.pipeline import (
 )
 
 STEADY = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+OUTCOMES = ("moved", "stalled", "other", "missing")  # of one chunk-to-chunk step of a steady mover
+
+
+def _emit(row: dict, rows: list[dict]) -> None:
+    """One result: a JSON line on stdout (so a long sweep shows progress) and kept for the caller."""
+    print(json.dumps(row), flush=True)
+    rows.append(row)
 
 
 def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: int, split: str, frames: int) -> list[dict]:
@@ -53,8 +60,7 @@ def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: 
             row = {"checkpoint": path, "kind": model.kind, "split": split, "guidance": g if g is not None else model.default_guidance,
                    "steps": s or model.default_steps, "n": n, "seconds": round(time.perf_counter() - t0, 1),
                    **{k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            _emit(row, rows)
     return rows
 
 
@@ -115,7 +121,7 @@ def continuation(path: str, context_chunks: list[int], n: int, split: str, steps
     cases = steady_movers(split, n)
     rows = []
     for k in context_chunks:
-        tally = dict.fromkeys(("moved", "stalled", "other", "missing"), 0)
+        tally = dict.fromkeys(OUTCOMES, 0)
         for i, prompt in enumerate(cases):
             before, real, made = (centroid(f) for f in continue_clip(model, prompt, i, k, steps))
             want = None if before is None or real is None else real - before
@@ -124,10 +130,8 @@ def continuation(path: str, context_chunks: list[int], n: int, split: str, steps
                 continue
             norm = float(np.linalg.norm(want))
             tally[along_motion(before, made, want / norm, norm)] += 1
-        row = {"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "n": len(cases),
-               **{key: round(v / len(cases), 3) for key, v in tally.items()}}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "n": len(cases),
+               **{key: round(v / len(cases), 3) for key, v in tally.items()}}, rows)
     return rows
 
 
@@ -150,7 +154,7 @@ def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = Non
     F, size = model.config.chunk_frames, model.config.width
     expected = SPEED * size * F / FPS  # pixels a steady mover covers in one chunk
     cases = steady_movers(split, n)
-    counts = [dict.fromkeys(("moved", "stalled", "other", "missing"), 0) for _ in range(chunks - 1)]
+    counts = [dict.fromkeys(OUTCOMES, 0) for _ in range(chunks - 1)]
     for i, prompt in enumerate(cases):
         video = generate_video(model, prompt, seed=i, frames=F * chunks, steps=steps).astype(np.float32) / 255.0
         direction = np.array(STEADY[parse_prompt(prompt).objects[0].motion])
@@ -159,10 +163,8 @@ def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = Non
             counts[c][along_motion(ends[c], ends[c + 1], direction, expected)] += 1
     rows = []
     for c, tally in enumerate(counts):
-        row = {"checkpoint": path, "kind": model.kind, "split": split, "chunks": f"{c}->{c + 1}", "n": len(cases),
-               **{k: round(v / len(cases), 3) for k, v in tally.items()}}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "chunks": f"{c}->{c + 1}", "n": len(cases),
+               **{k: round(v / len(cases), 3) for k, v in tally.items()}}, rows)
     return rows
 
 
@@ -182,9 +184,14 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     steps = [int(x) for x in a.steps.split(",") if x]
     if a.continuation:
-        continuation(a.checkpoint, [int(x) for x in a.continuation.split(",")], a.n, a.split, steps[0] if steps else None)
+        counts = [int(x) for x in a.continuation.split(",")]
+        if min(counts) < 1:
+            ap.error("--continuation needs at least 1 real context chunk")
+        continuation(a.checkpoint, counts, a.n, a.split, steps[0] if steps else None)
         return
     if a.free_run:
+        if a.free_run < 2:
+            ap.error("--free-run needs at least 2 chunks (it measures chunk-to-chunk motion)")
         free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None)
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]

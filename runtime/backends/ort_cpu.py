@@ -16,7 +16,7 @@ whether the cores are free at all. Measured on the 2-core machine, default denoi
 
 No plan wins everywhere, so unless the caller fixes the thread count, `open` times the candidate
 plans on the component itself (a few dozen interleaved calls, tens of milliseconds) and keeps the
-fastest. Spinning threads stop at the end of every run (`session.force_spinning_stop`), so they
+every-core plan unless one thread is faster by more than 10% (`fastest`). Spinning threads stop at the end of every run (`session.force_spinning_stop`), so they
 never burn the cores between calls, where the stream's consumer (video writer, player) needs them.
 """
 
@@ -73,8 +73,6 @@ def open_ort_session(bundle: Bundle, component: str, precision: str, options: ob
 
     entry = bundle.component(precision, component)
     path = bundle.file(entry.file_for(backend))
-    if path.name != entry.file:
-        log.debug("%s %s: using %s, the bundle's %s variant", component, precision, path.name, backend)
     state = ort.capi.onnxruntime_pybind11_state
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
