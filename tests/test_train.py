@@ -101,3 +101,81 @@ def test_teacher_warm_starts_from_a_compact_checkpoint(tmp_path: Path, tiny: tup
         assert torch.equal(dit.state_dict()[name], value.float()), name
     with pytest.raises(UserError, match="--init"):
         warm_start(vae, {"text": torch.nn.Linear(1, 1)})
+
+
+def test_late_clips_continue_the_stream(tiny: tuple) -> None:
+    """A late clip is the same frames as the stream from its start, and its latents are the stream's
+    latents from that chunk on (the encoder's state is the frame before the clip)."""
+    import numpy as np
+
+    from edgegen.model.data import render_clips
+    from edgegen.model.vae import VAE
+    from edgegen.world import render, render_range, sample_scene
+
+    cfg, _ = tiny
+    scene = sample_scene(np.random.default_rng(0))
+    whole = render(scene, 5, 24, cfg.height)
+    assert np.array_equal(render_range(scene, 5, 7, 24, cfg.height), whole[7:])
+
+    clips, texts = render_clips(np.random.default_rng(1), 3, cfg, 8, captions=1, start_max=12)
+    assert clips.shape == (3, 9, cfg.height, cfg.width, 3) and len(texts) == 3
+    first, _ = render_clips(np.random.default_rng(1), 3, cfg, 8, captions=1)
+    assert first.shape[1] == 8 and not np.array_equal(first, clips[:, 1:])  # later in the same scenes
+
+    torch.manual_seed(0)
+    vae = VAE(cfg).eval()
+    x = torch.from_numpy(whole).float()[None] / 255.0
+    k = 2  # the clip starts at chunk 2 of the stream
+    f = cfg.chunk_frames
+    with torch.no_grad():
+        stream = vae.encode_clip(x[:, : 5 * f])
+        late = vae.encode_clip(x[:, k * f : 5 * f], first_prev=x[:, k * f - 1])
+    torch.testing.assert_close(late, stream[:, k:])
+
+
+def test_own_estimate_and_context_only_chunks(tiny: tuple) -> None:
+    """At t = 0 the model's own estimate is the clip itself; chunks before `first` carry no loss."""
+    from dataclasses import replace
+
+    from edgegen.model.dit import DiT
+    from edgegen.model.text import TextEncoder
+    from edgegen.model.train_dit import flow_loss, own_estimate
+
+    cfg, tcfg = tiny
+    cfg = replace(cfg, vocab_size=100)
+    torch.manual_seed(0)
+    text, dit = TextEncoder(cfg), DiT(cfg)
+    for p in dit.parameters():  # adaLN-zero starts at zero output: give the model a real function
+        torch.nn.init.normal_(p, std=0.05)
+    h, w = cfg.latent_size
+    x0 = torch.randn(2, 3, cfg.latent_channels, h, w)
+    tokens = torch.randint(1, 100, (2, cfg.max_len))
+    txt, pooled = text(tokens)
+    same = own_estimate(dit, x0, txt, pooled, replace(tcfg, self_ctx_tmin=0.0, self_ctx_tmax=0.0))
+    torch.testing.assert_close(same, x0)
+    rough = own_estimate(dit, x0, txt, pooled, replace(tcfg, self_ctx_tmin=1.0, self_ctx_tmax=1.0))
+    assert not torch.allclose(rough, x0)
+
+    own = replace(tcfg, self_ctx_prob=1.0, ctx_noise_prob=0.0)
+    x0.requires_grad_(True)
+    loss = flow_loss(text, dit, x0, tokens, own, t=torch.full((2, 3), 0.5), first=2)
+    (grad,) = torch.autograd.grad(loss, x0)
+    assert grad[:, 2].abs().sum() > 0  # the trained chunk's target is real: gradient through x0
+    assert grad[:, :2].abs().sum() == 0  # context chunks: no loss, and their context is the model's own estimate
+
+
+def test_teacher_trains_with_late_clips_and_own_context(tmp_path: Path, tiny: tuple) -> None:
+    from dataclasses import replace
+
+    cfg, tcfg = tiny
+    tcfg = replace(tcfg, self_ctx_prob=0.5, late_clips=8, late_start_max=40, late_batch=2)
+    vae = _run(tmp_path / "v", "vae", tiny, 2)
+    full = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "a", steps=4, vae=vae, progress=False))
+    train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=2, vae=vae, progress=False))
+    split = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=4, vae=vae, resume=True, progress=False))
+    _assert_same(full, split)
+    assert (tmp_path / "a" / "latents_late.npz").exists()
+    logged = (tmp_path / "a" / "teacher" / "log.jsonl").read_text()
+    assert '"loss_late"' in logged
+    with pytest.raises(UserError, match="late_start_max"):
+        train_stage("teacher", cfg, replace(tcfg, late_start_max=1), Run(out=tmp_path / "c", steps=1, vae=vae, progress=False))

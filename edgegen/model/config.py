@@ -106,6 +106,17 @@ class TrainConfig:
     ctx_noise_prob: float = 0.5  # context (clean stream) noise augmentation
     ctx_noise_max: float = 0.1
     t_sampling: str = "logit_normal"  # or "uniform"
+    # Own-estimate context: this share of clips gets, as its clean context, the model's own one-step
+    # estimate of each chunk from a copy noised to t ~ U(self_ctx_tmin, self_ctx_tmax); the target stays real.
+    self_ctx_prob: float = 0.0
+    self_ctx_tmin: float = 0.3
+    self_ctx_tmax: float = 1.0
+    # Late clips: a second pool of clips that start later in their scenes (at a chunk boundary up to
+    # late_start_max frames); late_batch of them join every teacher step, with loss only on the chunks
+    # whose cache is full (the chunks before are context, as mid-stream).
+    late_clips: int = 0
+    late_start_max: int = 224
+    late_batch: int = 0
     # student (reflow distillation of the guided teacher)
     distill_pairs: int = 1024  # teacher rollouts cached on disk
     distill_random_t: float = 0.25  # fraction of samples at uniform t (rest at the 1/2/4-step times)

@@ -27,17 +27,25 @@ def tokenizer_for(cfg: ModelConfig) -> Tokenizer:
 
 
 def render_clips(
-    rng: np.random.Generator, n: int, cfg: ModelConfig, frames: int, split: str = "train", captions: int = 0
+    rng: np.random.Generator, n: int, cfg: ModelConfig, frames: int, split: str = "train", captions: int = 0,
+    start_max: int = 0,
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """`n` random scenes of `split`: uint8 [n, frames, H, W, 3] and `captions` phrasings of each."""
-    from edgegen.world import caption, render, sample_scene
+    """`n` random scenes of `split`: uint8 [n, frames, H, W, 3] and `captions` phrasings of each.
+
+    With `start_max` > 0 every clip starts later in its scene, at a random chunk boundary in
+    [chunk_frames, start_max], and carries the frame before its start first: [n, 1 + frames, H, W, 3]
+    (the causal VAE encoder's state for the clip's first chunk)."""
+    from edgegen.world import caption, render_range, sample_scene
 
     assert cfg.height == cfg.width, "the world renders square clips"
-    clips = np.empty((n, frames, cfg.height, cfg.width, 3), np.uint8)
+    lead = 1 if start_max > 0 else 0
+    clips = np.empty((n, lead + frames, cfg.height, cfg.width, 3), np.uint8)
     texts: list[list[str]] = []
     for i in range(n):
         scene = sample_scene(rng, split)
-        clips[i] = render(scene, int(rng.integers(2**31)), frames, cfg.height)
+        seed = int(rng.integers(2**31))
+        start = cfg.chunk_frames * int(rng.integers(1, start_max // cfg.chunk_frames + 1)) if lead else 0
+        clips[i] = render_range(scene, seed, start - lead, start + frames, cfg.height)
         texts.append([caption(scene, rng) for _ in range(captions)])
     return clips, texts
 
@@ -85,11 +93,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pool_key(vae_state: dict, cfg: ModelConfig, tcfg: TrainConfig) -> str:
-    """Identifies a latent pool: the exact VAE weights and statistics, and how the clips were drawn."""
+def pool_key(vae_state: dict, cfg: ModelConfig, tcfg: TrainConfig, late: bool = False) -> str:
+    """Identifies a latent pool: the exact VAE weights and statistics, and how the clips were drawn
+    (`late`: the pool of clips that start later in their scenes)."""
     h = hashlib.sha256()
     for k in sorted(vae_state):
         h.update(k.encode())
         h.update(vae_state[k].detach().float().cpu().numpy().tobytes())
     h.update(repr((cfg.latent_mean, cfg.latent_std)).encode())
-    return f"{h.hexdigest()}:{tcfg.seed}:{tcfg.pool_clips}:{tcfg.clip_chunks}:{tcfg.captions_per_clip}:{cfg.max_len}"
+    key = f"{h.hexdigest()}:{tcfg.seed}:{tcfg.pool_clips}:{tcfg.clip_chunks}:{tcfg.captions_per_clip}:{cfg.max_len}"
+    return f"{key}:late:{tcfg.late_clips}:{tcfg.late_start_max}" if late else key

@@ -5,8 +5,13 @@ v = noise - x0, loss = MSE. t per chunk from a logit-normal (Esser et al. 2024, 
 Every noisy chunk gets its own t (the chunks never attend to each other, only to clean context).
 Context augmentation: with probability `ctx_noise_prob` a clip's clean stream is replaced by
 (1 - s) x0 + s n, s ~ U(0, ctx_noise_max), still labelled t = t_ctx, so the model tolerates the
-imperfect chunks it will be fed at rollout. Text dropout (all-PAD prompt) 10% for CFG
-(Ho & Salimans 2022).
+imperfect chunks it will be fed at rollout. With probability `self_ctx_prob` the clean stream is
+instead the model's own one-step estimate of the clip (`own_estimate`): fainter, blurrier objects
+where the model is unsure, like the chunks of its own rollout, while the target stays real
+(exposure bias; cf. scheduled sampling, Bengio et al. 2015, and Self-Forcing, Huang et al. 2025,
+which trains on full rollouts). Late clips (`late_batch` per step) start later in their scenes, so
+a stream's later phases (objects easing out at an edge, a full cache) are in the training data.
+Text dropout (all-PAD prompt) 10% for CFG (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ def load_vae(path: Path, cfg: ModelConfig, tcfg: TrainConfig | None = None) -> t
 
 
 @torch.no_grad()
-def encode_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, n: int, seed: int, split: str, device: str, progress: bool) -> LatentPool:
-    """Render `n` clips of `split` with captions and encode them to normalised latents (float16)."""
+def encode_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, n: int, seed: int, split: str, device: str, progress: bool,
+                start_max: int = 0) -> LatentPool:
+    """Render `n` clips of `split` with captions and encode them to normalised latents (float16);
+    `start_max` > 0: clips that start later in their scenes (`render_clips`)."""
     from tqdm import tqdm
 
     tok = tokenizer_for(cfg)
@@ -82,8 +89,9 @@ def encode_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, n: int, seed: int
     vae = vae.to(device)
     for i in tqdm(range(0, n, 32), desc=f"encode {split} pool", disable=not progress, dynamic_ncols=True):
         m = min(32, n - i)
-        clips, texts = render_clips(rng, m, cfg, frames, split=split, captions=tokens.shape[1])
-        z = vae.encode_clip(torch.from_numpy(clips).to(device).float() / 255.0)  # (m, T, C, h, w)
+        clips, texts = render_clips(rng, m, cfg, frames, split=split, captions=tokens.shape[1], start_max=start_max)
+        x = torch.from_numpy(clips).to(device).float() / 255.0
+        z = vae.encode_clip(x[:, 1:], first_prev=x[:, 0]) if start_max else vae.encode_clip(x)  # (m, T, C, h, w)
         latents[i : i + m] = ((z - mean) / std).cpu().numpy().astype(np.float16)
         tokens[i : i + m] = [[tok.encode(t) for t in caps] for caps in texts]
     return LatentPool(latents, tokens)
@@ -105,6 +113,24 @@ def latent_pools(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> tup
     return pool, val
 
 
+def late_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> LatentPool | None:
+    """The pool of clips that start later in their scenes (None when the config has none), cached
+    in <out>/latents_late.npz like the main pool."""
+    if tcfg.late_clips <= 0 or tcfg.late_batch <= 0:
+        return None
+    if tcfg.late_start_max < cfg.chunk_frames:
+        raise UserError(f"late_start_max must be at least chunk_frames ({cfg.chunk_frames}), not {tcfg.late_start_max}")
+    key = pool_key(vae.state_dict(), cfg, tcfg, late=True)
+    cache = run.out / "latents_late.npz"
+    pool = LatentPool.load(cache, key)
+    if pool is None:
+        log.info("encoding %d late-start clips to latents (once per VAE) -> %s", tcfg.late_clips, cache)
+        pool = encode_pool(vae, cfg, tcfg, tcfg.late_clips, 3, "train", run.device, run.progress, start_max=tcfg.late_start_max)
+        run.out.mkdir(parents=True, exist_ok=True)
+        pool.save(cache, key)
+    return pool
+
+
 def sample_t(rng: torch.Generator | None, shape: tuple[int, ...], how: str, device: str) -> torch.Tensor:
     if how == "logit_normal":
         return torch.sigmoid(torch.randn(shape, device=device))
@@ -121,17 +147,34 @@ def context(x0: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
     return (1 - s) * x0 + s * torch.randn_like(x0)
 
 
+@torch.no_grad()
+def own_estimate(dit: DiT, x0: torch.Tensor, txt: torch.Tensor, pooled: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
+    """The model's one-step estimate of every chunk of x0 (B,T,C,h,w): x0_hat = x_t - t v(x_t), each
+    clip noised to one t ~ U(self_ctx_tmin, self_ctx_tmax), each chunk seeing the real chunks before it."""
+    B, T = x0.shape[:2]
+    t = tcfg.self_ctx_tmin + (tcfg.self_ctx_tmax - tcfg.self_ctx_tmin) * torch.rand(B, 1, device=x0.device)
+    t = t.expand(B, T).contiguous()
+    tt = t.view(B, T, 1, 1, 1)
+    xt = (1 - tt) * x0 + tt * torch.randn_like(x0)
+    return xt - tt * dit.forward_train(xt, t, x0, txt, pooled)
+
+
 def flow_loss(text: TextEncoder, dit: DiT, x0: torch.Tensor, tokens: torch.Tensor, tcfg: TrainConfig,
-              noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
-    """Rectified-flow MSE over a batch of clips x0 (B,T,C,h,w) with tokens (B,L)."""
+              noise: torch.Tensor | None = None, t: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+    """Rectified-flow MSE over a batch of clips x0 (B,T,C,h,w) with tokens (B,L), on chunks `first`.. only
+    (the chunks before are context)."""
     B, T = x0.shape[:2]
     noise = torch.randn_like(x0) if noise is None else noise
     t = sample_t(None, (B, T), tcfg.t_sampling, x0.device) if t is None else t
     tt = t.view(B, T, 1, 1, 1)
     xt = (1 - tt) * x0 + tt * noise
     txt, pooled = text(tokens)
-    v = dit.forward_train(xt, t, context(x0, tcfg), txt, pooled)
-    return F.mse_loss(v, noise - x0)
+    ctx = context(x0, tcfg)
+    own = torch.rand(B, device=x0.device) < tcfg.self_ctx_prob if tcfg.self_ctx_prob > 0 else None
+    if own is not None and own.any():
+        ctx[own] = own_estimate(dit, x0[own], txt[own].detach(), pooled[own].detach(), tcfg)
+    v = dit.forward_train(xt, t, ctx, txt, pooled)
+    return F.mse_loss(v[:, first:], (noise - x0)[:, first:])
 
 
 @torch.no_grad()
@@ -142,7 +185,7 @@ def heldout_loss(text: TextEncoder, dit: DiT, val: LatentPool, tcfg: TrainConfig
     tokens = torch.from_numpy(val.tokens[:, 0]).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device)
     t = torch.rand(x0.shape[:2], generator=g).to(device)
-    clean = replace(tcfg, ctx_noise_prob=0.0)
+    clean = replace(tcfg, ctx_noise_prob=0.0, self_ctx_prob=0.0)
     return float(flow_loss(text, dit, x0, tokens, clean, noise, t))
 
 
@@ -169,18 +212,29 @@ def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         vae, cfg = load_vae(Path(vae_path), cfg, tcfg)
     cfg = replace(cfg, vocab_size=tokenizer_for(cfg).vocab_size)
     pool, val = latent_pools(vae, cfg, tcfg, run)
+    late = late_pool(vae, cfg, tcfg, run)
     torch.manual_seed(tcfg.seed + 1)
     text, dit = TextEncoder(cfg).to(run.device), DiT(cfg).to(run.device)
     if run.init is not None and not (run.resume and last.exists()):
         warm_start(Path(run.init), {"text": text, "dit": dit})
     B = tcfg.teacher.batch
 
-    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        x0, tokens = pool.batch(rng, B)
-        drop = rng.random(B) < tcfg.text_dropout
+    def batch_loss(rng: np.random.Generator, source: LatentPool, n: int, first: int) -> torch.Tensor:
+        x0, tokens = source.batch(rng, n)
+        drop = rng.random(n) < tcfg.text_dropout
         tokens = np.where(drop[:, None], 0, tokens)
-        loss = flow_loss(text, dit, torch.from_numpy(x0).to(run.device), torch.from_numpy(tokens).to(run.device), tcfg)
-        return loss, {}, B
+        return flow_loss(text, dit, torch.from_numpy(x0).to(run.device), torch.from_numpy(tokens).to(run.device), tcfg, first=first)
+
+    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        loss = batch_loss(rng, pool, B, 0)
+        if late is None:
+            return loss, {}, B
+        # late clips train only their chunks with a full cache: weight both by trained chunks
+        T, first = tcfg.clip_chunks, min(cfg.window, tcfg.clip_chunks - 1)
+        n_main, n_late = B * T, tcfg.late_batch * (T - first)
+        loss_late = batch_loss(rng, late, tcfg.late_batch, first)
+        total = (loss * n_main + loss_late * n_late) / (n_main + n_late)
+        return total, {"loss_late": loss_late.item()}, B + tcfg.late_batch
 
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
         return cfg, {"heldout_loss": heldout_loss(ema["text"], ema["dit"], val, tcfg, run.device),

@@ -100,12 +100,14 @@ class VAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
 
-    def encode_clip(self, frames: torch.Tensor) -> torch.Tensor:
-        """A whole clip [B,T*F,H,W,3] -> raw latents [B,T,C,h,w], chunk by chunk with carried state."""
+    def encode_clip(self, frames: torch.Tensor, first_prev: torch.Tensor | None = None) -> torch.Tensor:
+        """A whole clip [B,T*F,H,W,3] -> raw latents [B,T,C,h,w], chunk by chunk with carried state.
+        `first_prev` [B,H,W,3]: the frame before the clip when it starts mid-stream (default: a stream start)."""
         B, n, H, W, _ = frames.shape
         chunks = frames.reshape(B * (n // self.cfg.chunk_frames), self.cfg.chunk_frames, H, W, 3)
         last = frames[:, self.cfg.chunk_frames - 1 :: self.cfg.chunk_frames]  # (B, T, H, W, 3)
-        prev = torch.cat([torch.zeros_like(last[:, :1]), last[:, :-1]], dim=1).reshape(-1, H, W, 3)
+        first = torch.zeros_like(last[:, :1]) if first_prev is None else first_prev[:, None]
+        prev = torch.cat([first, last[:, :-1]], dim=1).reshape(-1, H, W, 3)
         z = self.encoder(chunks, prev)  # chunks are independent given the state: one batched call
         return z.reshape(B, -1, *z.shape[1:])
 

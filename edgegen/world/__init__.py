@@ -5,7 +5,7 @@ Torch-free (the runtime imports it). Submodules: `scene` (attributes, `Scene`, s
 """
 
 from edgegen.world.grammar import VOCABULARY, caption, parse_prompt, prompts
-from edgegen.world.renderer import render
+from edgegen.world.renderer import render, render_range
 from edgegen.world.scene import (
     COLOURS,
     MOTIONS,
@@ -29,6 +29,7 @@ __all__ = [
     "parse_prompt",
     "prompts",
     "render",
+    "render_range",
     "sample_scene",
     "split_of",
 ]

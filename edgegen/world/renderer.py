@@ -342,6 +342,14 @@ def render(scene: Scene, seed: int, frames: int, size: int) -> np.ndarray:
     return _render(scene, int(seed), 0, int(frames), int(size))
 
 
+def render_range(scene: Scene, seed: int, start: int, stop: int, size: int) -> np.ndarray:
+    """Frames `start`..`stop - 1` of `render(scene, seed, stop, size)`, without rendering the ones before."""
+    _check_geometry(stop - start, size, seed)
+    if not _is_int(start) or start < 0:
+        raise UserError(f"start must be a whole number >= 0, not {start!r}")
+    return _render(scene, int(seed), int(start), int(stop), int(size))
+
+
 def render_chunks(scene: Scene, seed: int, frames: int, size: int, chunk: int = 240) -> Iterator[np.ndarray]:
     """The same frames as `render`, `chunk` at a time (uint8 [<=chunk, size, size, 3]), so a long
     clip never has to fit in memory at once."""
