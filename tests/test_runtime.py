@@ -374,3 +374,18 @@ def test_generator_threads_fix_the_ort_cpu_plan_and_are_refused_elsewhere(tiny_b
     monkeypatch.setattr(backends, "resolve", lambda name: _FakeBackend())
     with pytest.raises(UserError, match="does not take a CPU thread count"):
         Generator.load(tiny_bundle, backend="ort-cpu", threads=1)
+
+
+def test_step_profile_tool_sums_kernel_time_per_operator(tiny_bundle: Path) -> None:
+    """tools/step_profile.py: ORT's profile of the per-step graph, summed per operator type."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "step_profile.py"
+    spec = importlib.util.spec_from_file_location("step_profile", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    per_op = tool.profile(tiny_bundle, "fp32", calls=3)
+    assert per_op and all(us >= 0 for us in per_op.values())
+    assert any(op in tool.MATRIX_OPS for op in per_op)  # the DiT's linear layers are there
+    share = tool.report("fp32", per_op)
+    assert 0.0 < share < 1.0
