@@ -179,3 +179,22 @@ def test_teacher_trains_with_late_clips_and_own_context(tmp_path: Path, tiny: tu
     assert '"loss_late"' in logged
     with pytest.raises(UserError, match="late_start_max"):
         train_stage("teacher", cfg, replace(tcfg, late_start_max=1), Run(out=tmp_path / "c", steps=1, vae=vae, progress=False))
+
+
+def test_faded_context_keeps_the_background_and_dims_the_rest(tiny: tuple) -> None:
+    from dataclasses import replace
+
+    from edgegen.model.train_dit import context, fade
+
+    _, tcfg = tiny
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2, 8, 8)
+    bg = x.flatten(3).median(dim=3).values[..., None, None]
+    out = fade(x, replace(tcfg, ctx_fade_prob=1.0, ctx_fade_min=0.5))
+    d, e = (x - bg).flatten(2), (out - bg).flatten(2)  # (B, T, C*h*w)
+    a = (d * e).sum(-1) / (d * d).sum(-1)  # least-squares factor of each chunk
+    torch.testing.assert_close(e, a[..., None] * d)  # one factor per chunk ...
+    assert a.min() >= 0.5 - 1e-5 and a.max() <= 1.0 + 1e-5 and a.min() < 0.9  # ... in [0.5, 1]
+    torch.testing.assert_close(fade(x, replace(tcfg, ctx_fade_prob=1.0, ctx_fade_min=1.0)), x)
+    plain = replace(tcfg, ctx_noise_prob=0.0, ctx_fade_prob=0.0)
+    torch.testing.assert_close(context(x, plain), x)  # both augmentations off: the real clip

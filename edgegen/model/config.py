@@ -106,6 +106,10 @@ class TrainConfig:
     ctx_noise_prob: float = 0.5  # context (clean stream) noise augmentation
     ctx_noise_max: float = 0.1
     t_sampling: str = "logit_normal"  # or "uniform"
+    # Faded context: this share of clips gets each context chunk's deviation from its own background
+    # (per-channel spatial median) scaled by U(ctx_fade_min, 1): fainter objects, as in a rollout.
+    ctx_fade_prob: float = 0.0
+    ctx_fade_min: float = 0.5
     # Own-estimate context: this share of clips gets, as its clean context, the model's own one-step
     # estimate of each chunk from a copy noised to t ~ U(self_ctx_tmin, self_ctx_tmax); the target stays real.
     self_ctx_prob: float = 0.0

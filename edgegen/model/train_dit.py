@@ -140,11 +140,23 @@ def sample_t(rng: torch.Generator | None, shape: tuple[int, ...], how: str, devi
 
 
 def context(x0: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
-    """Clean context with training-time noise on a random subset of clips: x0 (B,T,C,h,w) -> same."""
+    """Clean context with training-time noise on a random subset of clips (and, with
+    `ctx_fade_prob`, faded objects on another): x0 (B,T,C,h,w) -> same."""
     B = x0.shape[0]
     s = torch.rand(B, 1, 1, 1, 1, device=x0.device) * tcfg.ctx_noise_max
     s = s * (torch.rand(B, 1, 1, 1, 1, device=x0.device) < tcfg.ctx_noise_prob)
-    return (1 - s) * x0 + s * torch.randn_like(x0)
+    ctx = (1 - s) * x0 + s * torch.randn_like(x0)
+    return fade(ctx, tcfg) if tcfg.ctx_fade_prob > 0 else ctx
+
+
+def fade(x: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
+    """Fainter objects on a random `ctx_fade_prob` of clips: each chunk's deviation from its
+    background (per-channel median over space) scaled by a ~ U(ctx_fade_min, 1), per chunk."""
+    B, T = x.shape[:2]
+    bg = x.flatten(3).median(dim=3).values[..., None, None]  # (B, T, C, 1, 1)
+    a = tcfg.ctx_fade_min + (1 - tcfg.ctx_fade_min) * torch.rand(B, T, 1, 1, 1, device=x.device)
+    a = torch.where(torch.rand(B, 1, 1, 1, 1, device=x.device) < tcfg.ctx_fade_prob, a, torch.ones_like(a))
+    return bg + a * (x - bg)
 
 
 @torch.no_grad()
