@@ -38,6 +38,14 @@ def _run(out: Path, stage: str, cfg_tcfg: tuple, steps: int, resume: bool = Fals
     return train_stage(stage, cfg, tcfg, Run(out=out, steps=steps, resume=resume, progress=False))
 
 
+def _teacher_resumes_exactly(tmp_path: Path, cfg, tcfg, vae: Path) -> None:
+    """4 teacher steps in one run (<tmp>/a) equal 2 + 2 resumed (<tmp>/b)."""
+    full = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "a", steps=4, vae=vae, progress=False))
+    train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=2, vae=vae, progress=False))
+    split = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=4, vae=vae, resume=True, progress=False))
+    _assert_same(full, split)
+
+
 def test_vae_resume_is_exact(tmp_path: Path, tiny: tuple) -> None:
     full = _run(tmp_path / "a", "vae", tiny, 4)
     _run(tmp_path / "b", "vae", tiny, 2)
@@ -60,10 +68,7 @@ def test_cli_train_vae(tmp_path: Path) -> None:
 def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> None:
     cfg, tcfg = tiny
     vae = _run(tmp_path / "v", "vae", tiny, 2)
-    full = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "a", steps=4, vae=vae, progress=False))
-    train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=2, vae=vae, progress=False))
-    split = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=4, vae=vae, resume=True, progress=False))
-    _assert_same(full, split)
+    _teacher_resumes_exactly(tmp_path, cfg, tcfg, vae)
     assert (tmp_path / "a" / "latents.npz").exists()
 
     student = train_stage("student", cfg, tcfg, Run(out=tmp_path / "a", steps=2, progress=False))
@@ -170,10 +175,7 @@ def test_teacher_trains_with_late_clips_and_own_context(tmp_path: Path, tiny: tu
     cfg, tcfg = tiny
     tcfg = replace(tcfg, self_ctx_prob=0.5, late_clips=8, late_start_max=40, late_batch=2)
     vae = _run(tmp_path / "v", "vae", tiny, 2)
-    full = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "a", steps=4, vae=vae, progress=False))
-    train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=2, vae=vae, progress=False))
-    split = train_stage("teacher", cfg, tcfg, Run(out=tmp_path / "b", steps=4, vae=vae, resume=True, progress=False))
-    _assert_same(full, split)
+    _teacher_resumes_exactly(tmp_path, cfg, tcfg, vae)
     assert (tmp_path / "a" / "latents_late.npz").exists()
     logged = (tmp_path / "a" / "teacher" / "log.jsonl").read_text()
     assert '"loss_late"' in logged
