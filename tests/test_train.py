@@ -200,3 +200,29 @@ def test_faded_context_keeps_the_background_and_dims_the_rest(tiny: tuple) -> No
     torch.testing.assert_close(fade(x, replace(tcfg, ctx_fade_prob=1.0, ctx_fade_min=1.0)), x)
     plain = replace(tcfg, ctx_noise_prob=0.0, ctx_fade_prob=0.0)
     torch.testing.assert_close(context(x, plain), x)  # both augmentations off: the real clip
+
+
+def test_heldout_loss_ignores_every_context_augmentation(tiny: tuple) -> None:
+    """The held-out loss is comparable across configs: real context, whatever the training options."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edgegen.model.data import LatentPool
+    from edgegen.model.dit import DiT
+    from edgegen.model.text import TextEncoder
+    from edgegen.model.train_dit import heldout_loss
+
+    cfg, tcfg = tiny
+    cfg = replace(cfg, vocab_size=100)
+    torch.manual_seed(0)
+    text, dit = TextEncoder(cfg), DiT(cfg)
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    h, w = cfg.latent_size
+    rng = np.random.default_rng(0)
+    val = LatentPool(rng.standard_normal((3, 3, cfg.latent_channels, h, w)).astype(np.float16),
+                     rng.integers(1, 100, (3, 1, cfg.max_len)))
+    plain = heldout_loss(text, dit, val, replace(tcfg, ctx_noise_prob=0.0), "cpu")
+    augmented = replace(tcfg, ctx_noise_prob=1.0, ctx_fade_prob=1.0, ctx_fade_min=0.1, self_ctx_prob=1.0)
+    assert heldout_loss(text, dit, val, augmented, "cpu") == plain

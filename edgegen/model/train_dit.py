@@ -197,7 +197,7 @@ def heldout_loss(text: TextEncoder, dit: DiT, val: LatentPool, tcfg: TrainConfig
     tokens = torch.from_numpy(val.tokens[:, 0]).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device)
     t = torch.rand(x0.shape[:2], generator=g).to(device)
-    clean = replace(tcfg, ctx_noise_prob=0.0, self_ctx_prob=0.0)
+    clean = replace(tcfg, ctx_noise_prob=0.0, self_ctx_prob=0.0, ctx_fade_prob=0.0)
     return float(flow_loss(text, dit, x0, tokens, clean, noise, t))
 
 
