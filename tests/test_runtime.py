@@ -384,7 +384,9 @@ def test_step_profile_tool_sums_kernel_time_per_operator(tiny_bundle: Path) -> N
     spec = importlib.util.spec_from_file_location("step_profile", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    per_op = tool.profile(tiny_bundle, "fp32", calls=3)
+    from edgegen.bundle import load_bundle
+
+    per_op = tool.profile(load_bundle(tiny_bundle), "fp32", calls=3, warmup=2)
     assert per_op and all(us >= 0 for us in per_op.values())
     assert any(op in tool.MATRIX_OPS for op in per_op)  # the DiT's linear layers are there
     share = tool.report("fp32", per_op)

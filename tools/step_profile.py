@@ -18,7 +18,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from edgegen.bundle import load_bundle
+from edgegen.bundle import Bundle, load_bundle
 from edgegen.runtime.backends.ort_cpu import ThreadPlan, open_ort_session, sample_feeds
 
 log = logging.getLogger("step_profile")
@@ -27,25 +27,24 @@ MATRIX_OPS = {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "QLinearMatMul",
               "DynamicQuantizeMatMul", "QGemm", "Conv", "QLinearConv", "ConvInteger"}
 
 
-def profile(bundle_dir: Path, precision: str, calls: int, component: str = "denoiser") -> dict[str, float]:
-    """Kernel microseconds per operator type over `calls` runs (after 20 warm-up runs)."""
-    bundle = load_bundle(bundle_dir)
+def profile(bundle: Bundle, precision: str, calls: int, warmup: int = 20, component: str = "denoiser") -> dict[str, float]:
+    """Kernel microseconds per operator type and call, over `calls` runs after `warmup` untimed ones."""
     with tempfile.TemporaryDirectory() as tmp:
         options = ThreadPlan(1).options()
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / precision)
         session = open_ort_session(bundle, component, precision, options, ["CPUExecutionProvider"], backend="ort-cpu")
         feeds = sample_feeds(session.entry)
-        for _ in range(20 + calls):
+        for _ in range(warmup + calls):
             session.run(feeds)
-        events = json.loads(Path(session._session.end_profiling()).read_text())
-    per_op: dict[str, list[float]] = defaultdict(list)
+        events = json.loads(session.end_profiling().read_text())
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    timed_from = runs[warmup]  # the first timed run's start: warm-up kernels come before it
+    per_op: dict[str, float] = defaultdict(float)
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_op[e["args"]["op_name"]].append(e["dur"])
-    # the profile holds every run: keep the last `calls` runs' share (drop warm-up by count per op)
-    runs = 20 + calls
-    return {op: sum(d[len(d) * 20 // runs :]) / calls for op, d in per_op.items()}
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= timed_from:
+            per_op[e["args"]["op_name"]] += e["dur"] / calls
+    return dict(per_op)
 
 
 def report(name: str, per_op: dict[str, float]) -> float:
@@ -63,10 +62,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=400)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fp32 = profile(args.bundle, "fp32", args.calls)
+    bundle = load_bundle(args.bundle)
+    fp32 = profile(bundle, "fp32", args.calls)
     f = report("fp32", fp32)
-    if "int8" in load_bundle(args.bundle).precisions:
-        int8 = profile(args.bundle, "int8", args.calls)
+    if "int8" in bundle.precisions:
+        int8 = profile(bundle, "int8", args.calls)
         report("int8", int8)
         log.info("int8 / fp32 kernel time: %.2fx faster", sum(fp32.values()) / sum(int8.values()))
     for k in (2.0, 4.0, float("inf")):

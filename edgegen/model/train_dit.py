@@ -9,7 +9,8 @@ imperfect chunks it will be fed at rollout. With probability `self_ctx_prob` the
 instead the model's own one-step estimate of the clip (`own_estimate`): fainter, blurrier objects
 where the model is unsure, like the chunks of its own rollout, while the target stays real
 (exposure bias; cf. scheduled sampling, Bengio et al. 2015, and Self-Forcing, Huang et al. 2025,
-which trains on full rollouts). Late clips (`late_batch` per step) start later in their scenes, so
+which trains on full rollouts). With probability `ctx_fade_prob` the context's objects are faded
+toward each chunk's background (`fade`). Late clips (`late_batch` per step) start later in their scenes, so
 a stream's later phases (objects easing out at an edge, a full cache) are in the training data.
 Text dropout (all-PAD prompt) 10% for CFG (Ho & Salimans 2022).
 """
@@ -17,6 +18,7 @@ Text dropout (all-PAD prompt) 10% for CFG (Ho & Salimans 2022).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -97,19 +99,24 @@ def encode_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, n: int, seed: int
     return LatentPool(latents, tokens)
 
 
+def cached_pool(cache: Path, key: str, encode: Callable[[], LatentPool], what: str) -> LatentPool:
+    """The latent pool in `cache` if it was made with `key`, else `encode()` it and save it there."""
+    pool = LatentPool.load(cache, key)
+    if pool is None:
+        log.info("encoding %s to latents (once per VAE) -> %s", what, cache)
+        pool = encode()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        pool.save(cache, key)
+    return pool
+
+
 def latent_pools(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> tuple[LatentPool, LatentPool]:
     """(train pool, held-out pool), cached in <out>/latents.npz keyed by the VAE weights and the config."""
     key = pool_key(vae.state_dict(), cfg, tcfg)
-    cache, cache_val = run.out / "latents.npz", run.out / "latents_heldout.npz"
-    pool, val = LatentPool.load(cache, key), LatentPool.load(cache_val, key)
-    if pool is None:
-        log.info("encoding %d training clips to latents (once per VAE) -> %s", tcfg.pool_clips, cache)
-        pool = encode_pool(vae, cfg, tcfg, tcfg.pool_clips, 1, "train", run.device, run.progress)
-        run.out.mkdir(parents=True, exist_ok=True)
-        pool.save(cache, key)
-    if val is None:
-        val = encode_pool(vae, cfg, tcfg, tcfg.eval_clips, 2, "heldout", run.device, False)
-        val.save(cache_val, key)
+    pool = cached_pool(run.out / "latents.npz", key, lambda: encode_pool(
+        vae, cfg, tcfg, tcfg.pool_clips, 1, "train", run.device, run.progress), f"{tcfg.pool_clips} training clips")
+    val = cached_pool(run.out / "latents_heldout.npz", key, lambda: encode_pool(
+        vae, cfg, tcfg, tcfg.eval_clips, 2, "heldout", run.device, False), f"{tcfg.eval_clips} held-out clips")
     return pool, val
 
 
@@ -120,15 +127,9 @@ def late_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Latent
         return None
     if tcfg.late_start_max < cfg.chunk_frames:
         raise UserError(f"late_start_max must be at least chunk_frames ({cfg.chunk_frames}), not {tcfg.late_start_max}")
-    key = pool_key(vae.state_dict(), cfg, tcfg, late=True)
-    cache = run.out / "latents_late.npz"
-    pool = LatentPool.load(cache, key)
-    if pool is None:
-        log.info("encoding %d late-start clips to latents (once per VAE) -> %s", tcfg.late_clips, cache)
-        pool = encode_pool(vae, cfg, tcfg, tcfg.late_clips, 3, "train", run.device, run.progress, start_max=tcfg.late_start_max)
-        run.out.mkdir(parents=True, exist_ok=True)
-        pool.save(cache, key)
-    return pool
+    return cached_pool(run.out / "latents_late.npz", pool_key(vae.state_dict(), cfg, tcfg, late=True), lambda: encode_pool(
+        vae, cfg, tcfg, tcfg.late_clips, 3, "train", run.device, run.progress, start_max=tcfg.late_start_max),
+        f"{tcfg.late_clips} late-start clips")
 
 
 def sample_t(rng: torch.Generator | None, shape: tuple[int, ...], how: str, device: str) -> torch.Tensor:
@@ -172,15 +173,19 @@ def own_estimate(dit: DiT, x0: torch.Tensor, txt: torch.Tensor, pooled: torch.Te
 
 
 def flow_loss(text: TextEncoder, dit: DiT, x0: torch.Tensor, tokens: torch.Tensor, tcfg: TrainConfig,
-              noise: torch.Tensor | None = None, t: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
+              noise: torch.Tensor | None = None, t: torch.Tensor | None = None, first: int = 0,
+              augment: bool = True) -> torch.Tensor:
     """Rectified-flow MSE over a batch of clips x0 (B,T,C,h,w) with tokens (B,L), on chunks `first`.. only
-    (the chunks before are context)."""
+    (the chunks before are context); `augment=False`: the real clip as context, none of the config's
+    context augmentations."""
     B, T = x0.shape[:2]
     noise = torch.randn_like(x0) if noise is None else noise
     t = sample_t(None, (B, T), tcfg.t_sampling, x0.device) if t is None else t
     tt = t.view(B, T, 1, 1, 1)
     xt = (1 - tt) * x0 + tt * noise
     txt, pooled = text(tokens)
+    if not augment:
+        return F.mse_loss(dit.forward_train(xt, t, x0, txt, pooled)[:, first:], (noise - x0)[:, first:])
     ctx = context(x0, tcfg)
     own = torch.rand(B, device=x0.device) < tcfg.self_ctx_prob if tcfg.self_ctx_prob > 0 else None
     if own is not None and own.any():
@@ -197,8 +202,7 @@ def heldout_loss(text: TextEncoder, dit: DiT, val: LatentPool, tcfg: TrainConfig
     tokens = torch.from_numpy(val.tokens[:, 0]).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device)
     t = torch.rand(x0.shape[:2], generator=g).to(device)
-    clean = replace(tcfg, ctx_noise_prob=0.0, self_ctx_prob=0.0, ctx_fade_prob=0.0)
-    return float(flow_loss(text, dit, x0, tokens, clean, noise, t))
+    return float(flow_loss(text, dit, x0, tokens, tcfg, noise, t, augment=False))
 
 
 def warm_start(path: Path, modules: dict[str, nn.Module]) -> None:

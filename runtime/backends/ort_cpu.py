@@ -63,6 +63,10 @@ class OrtSession:
         values = self._session.run(self._outputs, dict(feeds))  # type: ignore[attr-defined]
         return dict(zip(self._outputs, values, strict=True))
 
+    def end_profiling(self) -> Path:
+        """The profile file of a session opened with `enable_profiling` (tools/step_profile.py)."""
+        return Path(self._session.end_profiling())  # type: ignore[attr-defined]
+
 
 def open_ort_session(bundle: Bundle, component: str, precision: str, options: object, providers: list, backend: str = "") -> OrtSession:
     """Create an ORT session for one component and check its I/O names against the manifest.
