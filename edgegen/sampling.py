@@ -2,6 +2,9 @@
 
 Convention: x_t = (1 - t) x0 + t noise, t = 1 is pure noise; the model predicts v = noise - x0.
 Euler steps follow the straight-line ODE (Liu et al. 2022, "Flow Straight and Fast").
+A finished chunk enters the cache through the commit pass at `t_ctx`; when `t_ctx` > 0 it is first
+noised to that level (`commit_input`) with noise from the stream's own commit source, the way the
+model was trained (labelled context noise), so every backend commits the same input.
 """
 
 from __future__ import annotations
@@ -30,3 +33,23 @@ def stream_rng(seed: int) -> np.random.Generator:
 def chunk_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Noise for the next chunk: float32, drawn in stream order."""
     return rng.standard_normal(shape, dtype=np.float32)
+
+
+def commit_rng(seed: int) -> np.random.Generator:
+    """The commit-noise source of one stream: separate from the chunk noise, so a stream at t_ctx = 0
+    draws exactly what it drew before and the order of commits and chunks does not matter."""
+    return np.random.Generator(np.random.PCG64([seed, 1]))
+
+
+def commit_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Noise for the next commit: float32, drawn in stream order from `commit_rng`."""
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def commit_input(x: np.ndarray, t_ctx: float, rng: np.random.Generator) -> np.ndarray:
+    """The finished chunk as the commit pass sees it: x itself at t_ctx = 0 (no draw), else noised
+    to t_ctx, (1 - t_ctx) x + t_ctx n (float32, one draw in stream order)."""
+    if t_ctx == 0.0:
+        return x
+    noise = commit_noise(rng, x.shape)
+    return (np.float32(1.0 - t_ctx) * x + np.float32(t_ctx) * noise).astype(np.float32)

@@ -273,6 +273,7 @@ class Stream(Iterator[np.ndarray]):
         self._times = gen.bundle.schedule(steps)
         self._t_ctx = gen.bundle.t_ctx
         self._rng = sampling.stream_rng(seed)
+        self._commit_rng = sampling.commit_rng(seed)
         self._tokens = tokens[None, :]  # (1, L)
         self._latent_shape = gen.bundle.component(gen.precision, "denoiser").input("latent").concrete_shape()  # (1, C, h, w)
         self._iter = self._run()
@@ -299,7 +300,7 @@ class Stream(Iterator[np.ndarray]):
                 chunk_start = time.perf_counter()
                 if pending_commit is not None:  # the previous chunk's K/V, now that more frames are wanted
                     step_start = time.perf_counter()
-                    denoiser.commit(pending_commit, self._t_ctx)
+                    denoiser.commit(sampling.commit_input(pending_commit, self._t_ctx, self._commit_rng), self._t_ctx)
                     self._hooks.on_step(StepEvent(chunk - 1, self.steps, self.steps, self._t_ctx, time.perf_counter() - step_start))
                 x = sampling.chunk_noise(self._rng, self._latent_shape)  # (1, C, h, w)
                 for k, (t, t_next) in enumerate(zip(self._times[:-1], self._times[1:], strict=True)):

@@ -226,3 +226,50 @@ def test_export_and_inspect_cli(tiny_bundle: Path, tmp_path: Path, capsys: pytes
     assert main(["export", "--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "edgegen calibrate" in err and "none.safetensors" in err
+
+
+
+
+def test_noised_commit_is_the_same_in_the_runtime_loop_and_the_reference(bundle_copy: Path, torch_one_thread) -> None:
+    """t_ctx > 0: the runtime loop and the torch reference pipeline both commit each finished chunk
+    noised to t_ctx, (1 - t_ctx) x0 + t_ctx n, with n from the stream's commit source in order."""
+    from dataclasses import replace
+
+    from conftest import tiny_source
+
+    from edgegen import sampling
+    from edgegen.bundle import write_manifest
+    from edgegen.export import parity
+    from edgegen.model.config import ModelConfig
+    from edgegen.model.pipeline import Model, generate_latents
+    from edgegen.model.torch_backend import TorchSession
+    from edgegen.runtime.generator import Generator
+
+    t_ctx, seed, prompt = 0.3, 5, "a red circle moving right"
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    manifest["sampler"]["t_ctx"] = t_ctx
+    write_manifest(bundle_copy, manifest)
+    bundle, source = load_bundle(bundle_copy), tiny_source()
+    modules = {name: c.module for name, c in source.components.items()}
+    sessions = {name: TorchSession(modules[name], bundle.component("fp32", name).input_names, bundle.component("fp32", name).output_names)
+                for name in ("text_encoder", "context", "denoiser", "commit", "vae_decoder")}
+    gen = Generator(bundle=bundle, backend="torch", precision="fp32", tokenizer=source.tokenizer, sessions=sessions)
+    records, _ = parity.capture(gen, [prompt], seed=seed, frames=12, steps=2)
+    runtime_in = [feeds["latent"] for feeds, _ in records["commit"]]  # 3 chunks: 2 commits (the last is not needed)
+
+    seen: list[np.ndarray] = []
+    commit = modules["commit"]
+
+    def spy(x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        seen.append(x.numpy().copy())
+        return commit(x, *rest)
+
+    cfg = replace(ModelConfig.from_dict(source.config), t_ctx=t_ctx)
+    latents = list(generate_latents(Model(cfg, source.tokenizer, {**modules, "commit": spy}, "student"), prompt, seed, 3, 2))
+    rng = sampling.commit_rng(seed)
+    expected = [(1 - t_ctx) * z + t_ctx * sampling.commit_noise(rng, z.shape) for z in latents]
+    assert len(runtime_in) == 2 and len(seen) == 3
+    for k in range(2):
+        np.testing.assert_allclose(seen[k], expected[k], atol=1e-5)  # the reference commits the noised chunk
+        np.testing.assert_allclose(runtime_in[k], seen[k], atol=1e-4)  # and the runtime commits the same
+        assert np.abs(runtime_in[k] - latents[k]).mean() > 0.1  # not the clean chunk

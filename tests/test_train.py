@@ -199,7 +199,43 @@ def test_faded_context_keeps_the_background_and_dims_the_rest(tiny: tuple) -> No
     assert a.min() >= 0.5 - 1e-5 and a.max() <= 1.0 + 1e-5 and a.min() < 0.9  # ... in [0.5, 1]
     torch.testing.assert_close(fade(x, replace(tcfg, ctx_fade_prob=1.0, ctx_fade_min=1.0)), x)
     plain = replace(tcfg, ctx_noise_prob=0.0, ctx_fade_prob=0.0)
-    torch.testing.assert_close(context(x, plain), x)  # both augmentations off: the real clip
+    ctx, label = context(x, plain)
+    torch.testing.assert_close(ctx, x)  # both augmentations off: the real clip ...
+    assert torch.equal(label, torch.zeros(4))  # ... committed at t = 0
+
+
+def test_labelled_context_noise_tells_the_commit_pass_its_level(tiny: tuple) -> None:
+    """With ctx_noise_label each clip's context is (1 - s) x + s n and its commit pass runs at t = s;
+    a per-clip label computes what each clip alone computes at its own level."""
+    from dataclasses import replace
+
+    from edgegen.model.dit import DiT
+    from edgegen.model.train_dit import context
+
+    cfg, tcfg = tiny
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, cfg.latent_channels, *cfg.latent_size)
+    labelled = replace(tcfg, ctx_noise_prob=1.0, ctx_noise_max=0.5, ctx_noise_label=True, ctx_fade_prob=0.0)
+    ctx, s = context(x, labelled)
+    assert s.shape == (8,) and s.min() > 0.0 and s.max() <= 0.5 and s.std() > 0.05
+    n = (ctx - (1 - s.view(-1, 1, 1, 1, 1)) * x) / s.view(-1, 1, 1, 1, 1)  # the noise each clip got
+    assert 0.8 < n.std() < 1.2 and abs(n.mean()) < 0.1
+    _, unlabelled = context(x, replace(labelled, ctx_noise_label=False))
+    assert torch.equal(unlabelled, torch.zeros(8))  # noisy, but still committed at t = 0
+
+    dit = DiT(replace(cfg, vocab_size=100))
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    xt, t = torch.randn_like(x), torch.rand(8, 3)
+    text, pooled = torch.randn(8, cfg.max_len, cfg.dit_width), torch.randn(8, cfg.dit_width)
+    with torch.no_grad():
+        together = dit.forward_train(xt, t, ctx, text, pooled, s)
+        alone = torch.cat([dit.forward_train(xt[i : i + 1], t[i : i + 1], ctx[i : i + 1], text[i : i + 1], pooled[i : i + 1],
+                                             float(s[i])) for i in range(8)])
+        at_zero = dit.forward_train(xt, t, ctx, text, pooled, 0.0)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    assert (together[:, 1:] - at_zero[:, 1:]).abs().mean() > 1e-3  # the label reaches the chunks with context
+    torch.testing.assert_close(together[:, 0], at_zero[:, 0], atol=1e-5, rtol=1e-4)  # the first chunk has none
 
 
 def test_heldout_loss_ignores_every_context_augmentation(tiny: tuple) -> None:

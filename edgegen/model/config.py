@@ -105,6 +105,10 @@ class TrainConfig:
     text_dropout: float = 0.1  # all-PAD tokens, for classifier-free guidance
     ctx_noise_prob: float = 0.5  # context (clean stream) noise augmentation
     ctx_noise_max: float = 0.1
+    # Labelled context noise (GameNGen, Valevski et al. 2024; Diffusion Forcing): the commit pass is told
+    # the context's noise level s (t = s instead of t_ctx), so high levels can be trained; at inference
+    # the finished chunk is then noised to the model's t_ctx before its commit pass (`sampling.commit_input`).
+    ctx_noise_label: bool = False
     t_sampling: str = "logit_normal"  # or "uniform"
     # Faded context: this share of clips gets each context chunk's deviation from its own background
     # (per-channel spatial median) scaled by U(ctx_fade_min, 1): fainter objects, as in a rollout.

@@ -80,8 +80,10 @@ def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed:
                     continue
         rng = np.random.default_rng([tcfg.seed, seed, k])
         tokens = _prompts(rng, cfg, m, split)
-        noise = torch.from_numpy(rng.standard_normal((m, tcfg.clip_chunks, cfg.latent_channels, h, w), dtype=np.float32))
-        x0 = rollout(teacher, torch.from_numpy(tokens), noise, cfg.teacher_steps, cfg.guidance)
+        shape = (m, tcfg.clip_chunks, cfg.latent_channels, h, w)
+        noise = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+        commit = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) if cfg.t_ctx else None
+        x0 = rollout(teacher, torch.from_numpy(tokens), noise, cfg.teacher_steps, cfg.guidance, commit)
         part = {"noise": noise.numpy().astype(np.float16), "x0": x0.numpy().astype(np.float16), "tokens": tokens}
         tmp = path.with_name(path.stem + ".partial.npz")
         np.savez(tmp, **part)
@@ -101,7 +103,8 @@ def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np
     model = Model(cfg, tokenizer_for(cfg), build_components(cfg, {"text": text, "dit": dit}), "student")
     noise, x0 = torch.from_numpy(val["noise"].astype(np.float32)), torch.from_numpy(val["x0"].astype(np.float32))
     tokens = torch.from_numpy(val["tokens"])
-    return {f"gap_{s}step": float(F.mse_loss(rollout(model, tokens, noise, s, 1.0), x0)) for s in cfg.student_steps}
+    commit = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)) if cfg.t_ctx else None
+    return {f"gap_{s}step": float(F.mse_loss(rollout(model, tokens, noise, s, 1.0, commit), x0)) for s in cfg.student_steps}
 
 
 def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
@@ -133,7 +136,8 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         t = torch.where(uniform, torch.from_numpy(rng.random((B, T)).astype(np.float32)), t).to(run.device)
         tt = t.view(B, T, 1, 1, 1)
         txt, pooled = text(tokens)
-        v = dit.forward_train((1 - tt) * x0 + tt * n, t, context(x0, tcfg), txt, pooled)
+        ctx, label = context(x0, tcfg)
+        v = dit.forward_train((1 - tt) * x0 + tt * n, t, ctx, txt, pooled, label)
         return F.mse_loss(v, n - x0), {}, B
 
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:

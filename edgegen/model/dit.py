@@ -207,11 +207,11 @@ class DiT(nn.Module):
     # -- training: whole clips, both streams, block-causal ---------------------------------------
     def forward_train(
         self, x_noisy: torch.Tensor, t: torch.Tensor, x_ctx: torch.Tensor, text: torch.Tensor, text_pooled: torch.Tensor,
-        t_ctx: float = 0.0,
+        t_ctx: float | torch.Tensor = 0.0,
     ) -> torch.Tensor:
         """x_noisy (B,T,C,h,w), t (B,T), x_ctx (B,Tc,C,h,w) clean context for chunks 0..Tc-1 (Tc >= T-1),
         text (B,L,D), text_pooled (B,D) -> velocity (B,T,C,h,w). Same function as streaming chunk by
-        chunk with the commit pass run on x_ctx at t_ctx."""
+        chunk with the commit pass run on x_ctx at t_ctx (a number, or one per clip (B,))."""
         B, T = x_noisy.shape[:2]
         Tc = T - 1  # the last clean chunk is nobody's context
         W, N = self.cfg.window, self.hp * self.wp
@@ -221,7 +221,8 @@ class DiT(nn.Module):
         bias_n = self._ctx_bias(B, T, x_noisy)  # (B*T, 1, 1, W*N)
         if Tc > 0:
             hc = self.embed(xc.flatten(0, 1))  # (B*Tc, N, D)
-            tc = torch.full((B * Tc,), t_ctx, device=x_noisy.device)
+            tc = (t_ctx.to(x_noisy.device).repeat_interleave(Tc) if torch.is_tensor(t_ctx)
+                  else torch.full((B * Tc,), t_ctx, device=x_noisy.device))
             cc = self.cond(tc, text_pooled.repeat_interleave(Tc, dim=0))
             bias_c = self._ctx_bias(B, Tc, x_noisy)
         for blk in self.blocks:

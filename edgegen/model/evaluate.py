@@ -3,6 +3,7 @@
     python -m edgegen.model.evaluate runs/default/teacher/last.safetensors --guidance 1,3,4,5 --n 24
     python -m edgegen.model.evaluate runs/default/student/last.safetensors --steps 1,2,4 --n 24
     python -m edgegen.model.evaluate runs/default/teacher/last.safetensors --continuation 1,2,3 --n 48
+    python -m edgegen.model.evaluate runs/cn/teacher/last.safetensors --free-run 8 --n 48 --t-ctx 0.2
 
 Prompts are `edgegen.world.prompts(split, n, seed)`; one seed per prompt. Prints one JSON line per
 setting with the judge's accuracies, so the CFG scale for distillation can be chosen by measurement.
@@ -18,6 +19,7 @@ often the object is gone): where a stream loses its motion and its object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -46,10 +48,17 @@ def _emit(row: dict, rows: list[dict]) -> None:
     rows.append(row)
 
 
-def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: int, split: str, frames: int) -> list[dict]:
+def load(path: str, t_ctx: float | None = None) -> Model:
+    """The checkpoint's model; `t_ctx` overrides the level its finished chunks are committed at."""
+    model = load_model(path)
+    return model if t_ctx is None else dataclasses.replace(model, config=dataclasses.replace(model.config, t_ctx=t_ctx))
+
+
+def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: int, split: str, frames: int,
+          t_ctx: float | None = None) -> list[dict]:
     from edgegen.world import prompts
 
-    model = load_model(path)
+    model = load(path, t_ctx)
     rows = []
     for g in guidances:
         for s in steps:
@@ -58,7 +67,7 @@ def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: 
                        for i, p in enumerate(prompts(split, n, seed=0))]
             acc = evaluate(samples)["accuracy"]["all"]
             row = {"checkpoint": path, "kind": model.kind, "split": split, "guidance": g if g is not None else model.default_guidance,
-                   "steps": s or model.default_steps, "n": n, "seconds": round(time.perf_counter() - t0, 1),
+                   "steps": s or model.default_steps, "t_ctx": model.config.t_ctx, "n": n, "seconds": round(time.perf_counter() - t0, 1),
                    **{k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}}
             _emit(row, rows)
     return rows
@@ -102,10 +111,14 @@ def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | Non
     text, pooled = encode_text(model, torch.from_numpy(model.tokenizer.encode(prompt))[None], guidance)
     cache = Cache(model, text)
     rows = pooled.shape[0]
+    shape = (1, cfg.latent_channels, *cfg.latent_size)
+    commit_rng = sampling.commit_rng(seed)
     for z in real[:k]:
-        cache.push(parts["commit"](z.expand(rows, -1, -1, -1), torch.full((rows,), cfg.t_ctx), pooled, cache.context, cache.bias))
-    noise = torch.from_numpy(sampling.chunk_noise(sampling.stream_rng(seed), (1, cfg.latent_channels, *cfg.latent_size)))
-    made = denoise_chunk(model, noise, times_for(cfg, steps or model.default_steps), pooled, cache, guidance, cfg.t_ctx)
+        zc = torch.from_numpy(sampling.commit_input(z.numpy(), cfg.t_ctx, commit_rng))  # committed as a generated chunk would be
+        cache.push(parts["commit"](zc.expand(rows, -1, -1, -1), torch.full((rows,), cfg.t_ctx), pooled, cache.context, cache.bias))
+    noise = torch.from_numpy(sampling.chunk_noise(sampling.stream_rng(seed), shape))
+    made = denoise_chunk(model, noise, times_for(cfg, steps or model.default_steps), pooled, cache, guidance, cfg.t_ctx,
+                         torch.from_numpy(sampling.commit_noise(commit_rng, shape)))
     dstate = torch.zeros(1, cfg.latent_channels, *cfg.latent_size)
     for z in real[:k]:
         frames, dstate = parts["vae_decoder"](z, dstate)
@@ -113,11 +126,12 @@ def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | Non
     return last, parts["vae_decoder"](real[k], dstate)[0][0, -1].numpy(), parts["vae_decoder"](made, dstate)[0][0, -1].numpy()
 
 
-def continuation(path: str, context_chunks: list[int], n: int, split: str, steps: int | None = None) -> list[dict]:
+def continuation(path: str, context_chunks: list[int], n: int, split: str, steps: int | None = None,
+                 t_ctx: float | None = None) -> list[dict]:
     """Teacher forcing on steady movers: the share of generated chunks that move on in the real clip's
     direction (at least half its displacement along it), stall (under a quarter), do something else,
     or have no object."""
-    model = load_model(path)
+    model = load(path, t_ctx)
     cases = steady_movers(split, n)
     rows = []
     for k in context_chunks:
@@ -130,7 +144,7 @@ def continuation(path: str, context_chunks: list[int], n: int, split: str, steps
                 continue
             norm = float(np.linalg.norm(want))
             tally[along_motion(before, made, want / norm, norm)] += 1
-        _emit({"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "n": len(cases),
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "t_ctx": model.config.t_ctx, "n": len(cases),
                **{key: round(v / len(cases), 3) for key, v in tally.items()}}, rows)
     return rows
 
@@ -144,13 +158,13 @@ def along_motion(before: np.ndarray | None, after: np.ndarray | None, direction:
     return "moved" if along >= 0.5 else "stalled" if abs(along) < 0.25 else "other"
 
 
-def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = None) -> list[dict]:
+def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = None, t_ctx: float | None = None) -> list[dict]:
     """The model's own streams of steady movers: per pair of consecutive chunks, the share whose
     object moved on in the prompt's direction, stalled, or is missing."""
     from edgegen.world import parse_prompt
     from edgegen.world.renderer import FPS, SPEED
 
-    model = load_model(path)
+    model = load(path, t_ctx)
     F, size = model.config.chunk_frames, model.config.width
     expected = SPEED * size * F / FPS  # pixels a steady mover covers in one chunk
     cases = steady_movers(split, n)
@@ -163,7 +177,7 @@ def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = Non
             counts[c][along_motion(ends[c], ends[c + 1], direction, expected)] += 1
     rows = []
     for c, tally in enumerate(counts):
-        _emit({"checkpoint": path, "kind": model.kind, "split": split, "chunks": f"{c}->{c + 1}", "n": len(cases),
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "chunks": f"{c}->{c + 1}", "t_ctx": model.config.t_ctx, "n": len(cases),
                **{k: round(v / len(cases), 3) for k, v in tally.items()}}, rows)
     return rows
 
@@ -177,9 +191,12 @@ def main() -> None:
     ap.add_argument("--split", default="train", choices=("train", "heldout"))
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--t-ctx", type=float, default=None, help="commit finished chunks at this noise level (default: the model's t_ctx)")
     ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
     ap.add_argument("--free-run", type=int, default=0, help="chunks per stream for the free-running motion measure (see above)")
     a = ap.parse_args()
+    if a.t_ctx is not None and not 0.0 <= a.t_ctx < 1.0:
+        ap.error(f"--t-ctx must be from 0 up to (not including) 1, not {a.t_ctx}")
     if a.threads:
         torch.set_num_threads(a.threads)
     steps = [int(x) for x in a.steps.split(",") if x]
@@ -187,15 +204,15 @@ def main() -> None:
         counts = [int(x) for x in a.continuation.split(",")]
         if min(counts) < 1:
             ap.error("--continuation needs at least 1 real context chunk")
-        continuation(a.checkpoint, counts, a.n, a.split, steps[0] if steps else None)
+        continuation(a.checkpoint, counts, a.n, a.split, steps[0] if steps else None, a.t_ctx)
         return
     if a.free_run:
         if a.free_run < 2:
             ap.error("--free-run needs at least 2 chunks (it measures chunk-to-chunk motion)")
-        free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None)
+        free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None, a.t_ctx)
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
-    sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames)
+    sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames, a.t_ctx)
 
 
 if __name__ == "__main__":

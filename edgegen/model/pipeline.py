@@ -1,8 +1,8 @@
 """Torch reference sampling: the DESIGN.md streaming loop over the component modules.
 
 Per chunk: the context graph over the cache, Euler steps of the flow ODE from numpy noise
-(`edgegen.sampling`, the same draws every backend makes), a commit pass at `t_ctx` whose K/V roll
-into the cache, then the VAE decoder with its carried state. Classifier-free guidance (teacher only; the student has it
+(`edgegen.sampling`, the same draws every backend makes), a commit pass at `t_ctx` (on the chunk
+noised to `t_ctx` when that is above 0, `sampling.commit_input`) whose K/V roll into the cache, then the VAE decoder with its carried state. Classifier-free guidance (teacher only; the student has it
 folded in) runs the conditional and all-PAD prompts as a batch of 2 with one cache each:
 v = v_uncond + g (v_cond - v_uncond) (Ho & Salimans 2022).
 """
@@ -77,9 +77,11 @@ class Cache:
 @torch.no_grad()
 def denoise_chunk(
     model: Model, x: torch.Tensor, times: list[float], pooled: torch.Tensor, cache: Cache, guidance: float, t_ctx: float,
+    commit_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One chunk: Euler over `times`, then the commit pass into `cache`. x (B,C,h,w); with guidance != 1
-    `pooled` and the cache hold [cond; uncond] stacked (2B). Returns x0 (B,C,h,w)."""
+    `pooled` and the cache hold [cond; uncond] stacked (2B). With t_ctx > 0 the commit pass sees
+    (1 - t_ctx) x0 + t_ctx commit_noise (B,C,h,w), as in training. Returns x0 (B,C,h,w)."""
     B = x.shape[0]
     cfg = guidance != 1.0
     denoiser, commit = model.components["denoiser"], model.components["commit"]
@@ -89,9 +91,19 @@ def denoise_chunk(
         if cfg:
             v = v[B:] + guidance * (v[:B] - v[B:])
         x = x + (t_next - t) * v  # Euler: x_{t'} = x_t + (t' - t) v
-    xin = torch.cat([x, x]) if cfg else x
+    xin = committed(x, t_ctx, commit_noise)
+    xin = torch.cat([xin, xin]) if cfg else xin
     cache.push(commit(xin, torch.full((xin.shape[0],), t_ctx), pooled, cache.context, cache.bias))
     return x
+
+
+def committed(x: torch.Tensor, t_ctx: float, noise: torch.Tensor | None) -> torch.Tensor:
+    """What the commit pass sees of a finished chunk x: x itself at t_ctx = 0, else x noised to t_ctx."""
+    if t_ctx == 0.0:
+        return x
+    if noise is None:
+        raise ValueError("t_ctx > 0 needs commit noise (sampling.commit_input draws it per stream)")
+    return (1.0 - t_ctx) * x + t_ctx * noise
 
 
 @torch.no_grad()
@@ -103,13 +115,16 @@ def encode_text(model: Model, tokens: torch.Tensor, guidance: float) -> tuple[to
 
 
 @torch.no_grad()
-def rollout(model: Model, tokens: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
-    """Batched streaming generation from given noise: tokens (B,L), noise (B,T,C,h,w) -> latents (B,T,C,h,w)."""
+def rollout(model: Model, tokens: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
+            commit_noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Batched streaming generation from given noise: tokens (B,L), noise (B,T,C,h,w) -> latents (B,T,C,h,w);
+    `commit_noise` (B,T,C,h,w) is needed when the model's t_ctx > 0."""
     cfg = model.config
     text, pooled = encode_text(model, tokens, guidance)
     cache = Cache(model, text)
     times = times_for(cfg, steps)
-    return torch.stack([denoise_chunk(model, noise[:, i], times, pooled, cache, guidance, cfg.t_ctx) for i in range(noise.shape[1])], dim=1)
+    return torch.stack([denoise_chunk(model, noise[:, i], times, pooled, cache, guidance, cfg.t_ctx,
+                                      None if commit_noise is None else commit_noise[:, i]) for i in range(noise.shape[1])], dim=1)
 
 
 @torch.no_grad()
@@ -123,12 +138,13 @@ def generate_latents(
     tokens = torch.from_numpy(model.tokenizer.encode(prompt))[None]
     text, pooled = encode_text(model, tokens, guidance)
     cache = Cache(model, text)
-    rng = sampling.stream_rng(seed)
+    rng, commit_rng = sampling.stream_rng(seed), sampling.commit_rng(seed)
     times = times_for(cfg, steps)
-    h, w = cfg.latent_size
+    shape = (1, cfg.latent_channels, *cfg.latent_size)
     for _ in range(chunks):
-        x = torch.from_numpy(sampling.chunk_noise(rng, (1, cfg.latent_channels, h, w)))
-        yield denoise_chunk(model, x, times, pooled, cache, guidance, cfg.t_ctx).numpy()
+        x = torch.from_numpy(sampling.chunk_noise(rng, shape))
+        noise = torch.from_numpy(sampling.commit_noise(commit_rng, shape)) if cfg.t_ctx else None
+        yield denoise_chunk(model, x, times, pooled, cache, guidance, cfg.t_ctx, noise).numpy()
 
 
 @torch.no_grad()

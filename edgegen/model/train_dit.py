@@ -12,6 +12,9 @@ where the model is unsure, like the chunks of its own rollout, while the target 
 which trains on full rollouts). With probability `ctx_fade_prob` the context's objects are faded
 toward each chunk's background (`fade`). Late clips (`late_batch` per step) start later in their scenes, so
 a stream's later phases (objects easing out at an edge, a full cache) are in the training data.
+With `ctx_noise_label` the commit pass is told each clip's context noise level (GameNGen-style noise
+augmentation, Valevski et al. 2024), so levels high enough to hide a rollout's small errors can be
+trained, and sampling noises each finished chunk to `t_ctx` before committing it.
 Text dropout (all-PAD prompt) 10% for CFG (Ho & Salimans 2022).
 """
 
@@ -140,14 +143,16 @@ def sample_t(rng: torch.Generator | None, shape: tuple[int, ...], how: str, devi
     raise UserError(f"unknown t_sampling {how!r}; use logit_normal or uniform")
 
 
-def context(x0: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
+def context(x0: torch.Tensor, tcfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean context with training-time noise on a random subset of clips (and, with
-    `ctx_fade_prob`, faded objects on another): x0 (B,T,C,h,w) -> same."""
+    `ctx_fade_prob`, faded objects on another): x0 (B,T,C,h,w) -> (same, the commit pass's t per clip (B,):
+    the noise level with `ctx_noise_label`, else 0)."""
     B = x0.shape[0]
     s = torch.rand(B, 1, 1, 1, 1, device=x0.device) * tcfg.ctx_noise_max
     s = s * (torch.rand(B, 1, 1, 1, 1, device=x0.device) < tcfg.ctx_noise_prob)
     ctx = (1 - s) * x0 + s * torch.randn_like(x0)
-    return fade(ctx, tcfg) if tcfg.ctx_fade_prob > 0 else ctx
+    label = s.flatten() if tcfg.ctx_noise_label else torch.zeros(B, device=x0.device)
+    return (fade(ctx, tcfg) if tcfg.ctx_fade_prob > 0 else ctx), label
 
 
 def fade(x: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
@@ -186,11 +191,12 @@ def flow_loss(text: TextEncoder, dit: DiT, x0: torch.Tensor, tokens: torch.Tenso
     txt, pooled = text(tokens)
     if not augment:
         return F.mse_loss(dit.forward_train(xt, t, x0, txt, pooled)[:, first:], (noise - x0)[:, first:])
-    ctx = context(x0, tcfg)
+    ctx, label = context(x0, tcfg)
     own = torch.rand(B, device=x0.device) < tcfg.self_ctx_prob if tcfg.self_ctx_prob > 0 else None
     if own is not None and own.any():
         ctx[own] = own_estimate(dit, x0[own], txt[own].detach(), pooled[own].detach(), tcfg)
-    v = dit.forward_train(xt, t, ctx, txt, pooled)
+        label[own] = 0.0
+    v = dit.forward_train(xt, t, ctx, txt, pooled, label)
     return F.mse_loss(v[:, first:], (noise - x0)[:, first:])
 
 
