@@ -254,3 +254,32 @@ def test_along_motion_classifies_displacements() -> None:
     assert along_motion(at, at + np.array([0.5, 3.0]), right, 4.0) == "stalled"
     assert along_motion(at, at - np.array([4.0, 0.0]), right, 4.0) == "other"
     assert along_motion(None, at, right, 4.0) == "missing"
+
+
+def test_chunk_steps_tell_steady_motion_from_still_chunks_that_jump() -> None:
+    from edgegen.model.evaluate import chunk_steps
+
+    steady = np.zeros((12, 16, 16, 3), np.uint8)
+    for i in range(12):
+        steady[i, 4:8, i : i + 4] = 200  # one pixel a frame
+    inside, across = chunk_steps(steady, 4)
+    assert inside > 0 and abs(across / inside - 1.0) < 1e-6
+    held = np.repeat(steady[1::4], 4, axis=0)  # each chunk shows one frame: still, then a jump of 4
+    inside, across = chunk_steps(held, 4)
+    assert inside == 0.0 and across > 3.5 * chunk_steps(steady, 4)[1]
+
+
+def test_stutter_and_the_vae_round_trip_on_the_shipped_model() -> None:
+    from edgegen.model.evaluate import reconstruct, stutter
+    from edgegen.model.pipeline import load_model
+    from edgegen.model.torch_backend import shipped_checkpoint
+    from edgegen.world import parse_prompt, render
+
+    model = load_model(shipped_checkpoint())
+    clip = render(parse_prompt("a red circle moving right"), 0, 8, model.config.height)
+    out = reconstruct(model, clip)
+    assert out.shape == clip.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(float) - clip).mean() < 10  # a round trip, not noise
+    rows = stutter(str(shipped_checkpoint()), 2, 2, "train")
+    assert [r["clips"] for r in rows] == ["model", "vae", "world"]
+    assert all(r["inside_chunks"] >= 0 and r["across_chunks"] > 0 for r in rows)

@@ -262,3 +262,35 @@ def test_heldout_loss_ignores_every_context_augmentation(tiny: tuple) -> None:
     plain = heldout_loss(text, dit, val, replace(tcfg, ctx_noise_prob=0.0), "cpu")
     augmented = replace(tcfg, ctx_noise_prob=1.0, ctx_fade_prob=1.0, ctx_fade_min=0.1, self_ctx_prob=1.0)
     assert heldout_loss(text, dit, val, augmented, "cpu") == plain
+
+
+def test_vae_decoder_fine_tune_keeps_the_encoder_and_swaps_into_a_model(tmp_path: Path, tiny: tuple, torch_one_thread) -> None:
+    """vae_freeze_encoder + --init trains the decoder only (the DiT's latent space is untouched), the
+    motion term is logged, and `with_vae_decoder` puts the new decoder into a model checkpoint, refusing
+    a VAE whose encoder differs."""
+    import json
+    from dataclasses import replace
+
+    from edgegen.errors import UserError
+    from edgegen.model.checkpoint import load_checkpoint, with_vae_decoder
+
+    cfg, tcfg = tiny
+    base = _run(tmp_path / "a", "vae", tiny, steps=2)
+    tuned_cfg = replace(tcfg, vae_motion=1.0, vae_freeze_encoder=True)
+    tuned = train_stage("vae", cfg, tuned_cfg, Run(out=tmp_path / "b", steps=3, progress=False, init=base))
+    a, b = load_checkpoint(base).weights()["vae"], load_checkpoint(tuned).weights()["vae"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    logs = [json.loads(line) for line in (tmp_path / "b" / "vae" / "log.jsonl").read_text().splitlines()]
+    assert all(r["motion"] > 0 for r in logs if "loss" in r)
+
+    swapped = load_checkpoint(with_vae_decoder(base, tuned, tmp_path / "swapped.safetensors"))
+    c = swapped.weights()["vae"]
+    for k in a:
+        torch.testing.assert_close(c[k].float(), (b if k.startswith("decoder.") else a)[k].half().float())
+    other = _run(tmp_path / "c", "vae", (cfg, replace(tcfg, seed=1)), steps=1)
+    with pytest.raises(UserError, match="another encoder"):
+        with_vae_decoder(base, other, tmp_path / "refused.safetensors")
+    assert not (tmp_path / "refused.safetensors").exists()
+    with pytest.raises(UserError, match="needs --init"):
+        train_stage("vae", cfg, tuned_cfg, Run(out=tmp_path / "d", steps=1, progress=False))

@@ -147,3 +147,18 @@ def ship_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """The shipped form of a trained checkpoint: EMA weights only, fp16, no optimizer or RNG."""
     ck = load_checkpoint(src)
     return save_checkpoint(dst, ck.weights(), ck.config, ck.step, kind=ck.kind, extra=ck.extra, dtype=torch.float16)
+
+
+def with_vae_decoder(src: str | Path, vae_src: str | Path, dst: str | Path) -> Path:
+    """`src` (a teacher or student) with the VAE decoder of `vae_src` (a decoder fine-tune that kept
+    `src`'s encoder, so the latent space, and with it the DiT, is unchanged): EMA weights, fp16."""
+    ck, vae_ck = load_checkpoint(src), load_checkpoint(vae_src)
+    weights, vae = ck.weights(), vae_ck.weights().get("vae")
+    if "vae" not in weights or vae is None:
+        raise UserError(f"both checkpoints need VAE weights ({src}: {ck.kind}, {vae_src}: {vae_ck.kind})")
+    encoder = {k: v for k, v in weights["vae"].items() if k.startswith("encoder.")}
+    if any(not torch.equal(v.float(), vae[k].float()) for k, v in encoder.items()):
+        raise UserError(f"the VAE in {vae_src} has another encoder than {src}: its latents are not the DiT's; fine-tune the decoder only")
+    weights["vae"] = {**weights["vae"], **{k: v for k, v in vae.items() if k.startswith("decoder.")}}
+    extra = {**ck.extra, "vae_decoder": f"{Path(vae_src).name} ({vae_ck.kind} step {vae_ck.step})"}
+    return save_checkpoint(dst, weights, ck.config, ck.step, kind=ck.kind, extra=extra, dtype=torch.float16)

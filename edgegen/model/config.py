@@ -101,6 +101,9 @@ class TrainConfig:
     vae_edge: float = 0.5
     vae_latent_l2: float = 1e-4  # keeps the latent scale bounded against the fixed noise below
     vae_latent_noise: float = 0.05  # decoder sees z + noise: robust to the DiT's imperfect latents
+    vae_motion: float = 0.0  # weight of the error of frame-to-frame changes (motion inside a chunk) ...
+    vae_motion_loss: str = "l2"  # ... as its mean square ("l2") or mean absolute value ("l1")
+    vae_freeze_encoder: bool = False  # train the decoder only (with --init): the latent space stays the DiT's
     # teacher
     text_dropout: float = 0.1  # all-PAD tokens, for classifier-free guidance
     ctx_noise_prob: float = 0.5  # context (clean stream) noise augmentation

@@ -14,6 +14,9 @@ steady movers (left / right / up / down) it reports how often the generated chun
 clip's direction, or stalls: whether motion is lost in continuing it or in starting it.
 `--free-run C` is the same measure on the model's own C-chunk streams, chunk by chunk (plus how
 often the object is gone): where a stream loses its motion and its object.
+`--stutter C` compares the mean frame-to-frame change inside chunks with the change across chunk
+boundaries, for the model's C-chunk clips, the world's renders of the same prompts and the VAE's round
+trip of them: whether the picture moves steadily or holds still for a chunk and then jumps.
 """
 
 from __future__ import annotations
@@ -182,6 +185,51 @@ def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = Non
     return rows
 
 
+def chunk_steps(video: np.ndarray, chunk_frames: int) -> tuple[float, float]:
+    """Mean absolute change between consecutive frames (0-255) inside chunks and across chunk boundaries."""
+    d = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # d[i]: frame i -> i + 1
+    boundary = (np.arange(len(d)) % chunk_frames) == chunk_frames - 1
+    return float(d[~boundary].mean()), float(d[boundary].mean())
+
+
+@torch.no_grad()
+def reconstruct(model: Model, clip: np.ndarray) -> np.ndarray:
+    """The VAE's round trip of a uint8 clip [T, H, W, 3] (whole chunks), chunk by chunk with carried state."""
+    cfg, parts = model.config, model.components
+    F = cfg.chunk_frames
+    x = torch.from_numpy(clip).float()[None] / 255.0
+    state, dstate, out = torch.zeros(1, cfg.height, cfg.width, 3), torch.zeros(1, cfg.latent_channels, *cfg.latent_size), []
+    for i in range(len(clip) // F):
+        z, state = parts["vae_encoder"](x[:, i * F : (i + 1) * F], state)
+        frames, dstate = parts["vae_decoder"](z, dstate)
+        out.append(frames[0].numpy())
+    return (np.concatenate(out) * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def stutter(path: str, chunks: int, n: int, split: str, steps: int | None = None, t_ctx: float | None = None) -> list[dict]:
+    """Does the picture move inside a chunk or jump between chunks? Mean frame-to-frame change inside
+    chunks and across chunk boundaries, for the model's clips and for the world's own renders of the
+    same prompts and seeds (where both are about equal: objects move steadily), and for the VAE's
+    round trip of those renders."""
+    from edgegen.world import parse_prompt, prompts, render
+
+    model = load(path, t_ctx)
+    F = model.config.chunk_frames
+    made, real, coded = [], [], []
+    for i, prompt in enumerate(prompts(split, n, seed=0)):
+        clip = render(parse_prompt(prompt), i, F * chunks, model.config.height)
+        made.append(chunk_steps(generate_video(model, prompt, seed=i, frames=F * chunks, steps=steps), F))
+        real.append(chunk_steps(clip, F))
+        coded.append(chunk_steps(reconstruct(model, clip), F))
+    rows: list[dict] = []
+    for what, pairs in (("model", made), ("vae", coded), ("world", real)):
+        inside, across = np.mean(pairs, axis=0)
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "clips": what, "n": n, "chunks": chunks,
+               "inside_chunks": round(float(inside), 3), "across_chunks": round(float(across), 3),
+               "ratio": round(float(across / max(inside, 1e-9)), 2)}, rows)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -194,6 +242,7 @@ def main() -> None:
     ap.add_argument("--t-ctx", type=float, default=None, help="commit finished chunks at this noise level (default: the model's t_ctx)")
     ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
     ap.add_argument("--free-run", type=int, default=0, help="chunks per stream for the free-running motion measure (see above)")
+    ap.add_argument("--stutter", type=int, default=0, help="chunks per clip for the inside- vs across-chunk frame change (see above)")
     a = ap.parse_args()
     if a.t_ctx is not None and not 0.0 <= a.t_ctx < 1.0:
         ap.error(f"--t-ctx must be from 0 up to (not including) 1, not {a.t_ctx}")
@@ -210,6 +259,11 @@ def main() -> None:
         if a.free_run < 2:
             ap.error("--free-run needs at least 2 chunks (it measures chunk-to-chunk motion)")
         free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None, a.t_ctx)
+        return
+    if a.stutter:
+        if a.stutter < 2:
+            ap.error("--stutter needs at least 2 chunks (it compares changes inside and across chunks)")
+        stutter(a.checkpoint, a.stutter, a.n, a.split, steps[0] if steps else None, a.t_ctx)
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
     sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames, a.t_ctx)

@@ -196,7 +196,10 @@ def _to(x: np.ndarray, device: str) -> torch.Tensor:
 
 
 def vae_loss(vae: VAE, clips: torch.Tensor, tcfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 + L2 + edge (finite-difference) reconstruction, with a fixed relative latent noise."""
+    """L1 + L2 + edge (finite-difference) reconstruction, with a fixed relative latent noise; with
+    `vae_motion`, plus the error of frame-to-frame changes (`vae_motion_loss`): a decoder that holds each
+    chunk's 4 frames still and jumps at chunk boundaries pays for every moving edge. (L1 of it pulls an
+    unsure decoder to no change at all, i.e. stiller chunks: measured; L2 to the expected change.)"""
     z = vae.encode_clip(clips)  # (B, T, C, h, w)
     std = z.detach().transpose(0, 2).flatten(1).std(1).view(1, 1, -1, 1, 1)  # per channel
     y = vae.decode_clip(z + tcfg.vae_latent_noise * std * torch.randn_like(z))  # (B, T*F, H, W, 3)
@@ -205,7 +208,15 @@ def vae_loss(vae: VAE, clips: torch.Tensor, tcfg: TrainConfig) -> tuple[torch.Te
     edge = (err.diff(dim=2).abs().mean() + err.diff(dim=3).abs().mean()) * 0.5
     lat = z.pow(2).mean()
     loss = l1 + tcfg.vae_l2 * l2 + tcfg.vae_edge * edge + tcfg.vae_latent_l2 * lat
-    return loss, {"l1": l1.item(), "psnr": float(-10 * math.log10(max(l2.item(), 1e-10))), "latent_rms": lat.sqrt().item()}
+    logs = {"l1": l1.item(), "psnr": float(-10 * math.log10(max(l2.item(), 1e-10))), "latent_rms": lat.sqrt().item()}
+    if tcfg.vae_motion > 0:
+        d = err.diff(dim=1)  # = d(recon)/dt - d(clip)/dt
+        if tcfg.vae_motion_loss not in ("l1", "l2"):
+            raise UserError(f"unknown vae_motion_loss {tcfg.vae_motion_loss!r}; use l1 or l2")
+        motion = d.abs().mean() if tcfg.vae_motion_loss == "l1" else d.pow(2).mean()
+        loss = loss + tcfg.vae_motion * motion
+        logs["motion"] = motion.item()
+    return loss, logs
 
 
 @torch.no_grad()
@@ -235,6 +246,12 @@ def eval_vae(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig) -> float:
 def train_vae(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     torch.manual_seed(tcfg.seed)
     vae = VAE(cfg).to(run.device)
+    if run.init is not None and not (run.resume and (run.out / "vae" / "last.safetensors").exists()):
+        cfg = warm_start_vae(Path(run.init), vae, cfg)
+    if tcfg.vae_freeze_encoder:
+        if run.init is None:
+            raise UserError("vae_freeze_encoder needs --init (a trained VAE whose encoder to keep)")
+        vae.encoder.requires_grad_(False)
     frames = tcfg.clip_chunks * cfg.chunk_frames
     batch = tcfg.vae.batch // tcfg.clip_chunks  # the batch counts chunks; a clip has clip_chunks
 
@@ -250,6 +267,20 @@ def train_vae(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         return replace(cfg, latent_mean=tuple(mean), latent_std=tuple(std)), metrics
 
     return fit("vae", cfg, tcfg, run, {"vae": vae}, loss_fn, before_save=before_save)
+
+
+def warm_start_vae(path: Path, vae: VAE, cfg: ModelConfig) -> ModelConfig:
+    """Load the (EMA) VAE weights of any checkpoint that has a VAE into `vae`; `cfg` with its latent statistics."""
+    ck = load_checkpoint(path)
+    weights = ck.weights()
+    if "vae" not in weights:
+        raise UserError(f"{path} is a {ck.kind} checkpoint without VAE weights; pass a vae, teacher or student checkpoint to --init")
+    mismatch = [f for f in ("height", "width", "chunk_frames", "latent_channels") if getattr(ck.config, f) != getattr(cfg, f)]
+    if mismatch:
+        raise UserError(f"the VAE in {path} was trained for another geometry ({', '.join(mismatch)} differ); use the matching config")
+    vae.load_state_dict({k: v.float() for k, v in weights["vae"].items()})
+    log.info("warm start from %s (%s step %d): vae", path, ck.kind, ck.step)
+    return replace(cfg, latent_mean=ck.config.latent_mean, latent_std=ck.config.latent_std)
 
 
 def train_stage(stage: str, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
