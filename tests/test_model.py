@@ -283,3 +283,13 @@ def test_stutter_and_the_vae_round_trip_on_the_shipped_model() -> None:
     rows = stutter(str(shipped_checkpoint()), 2, 2, "train")
     assert [r["clips"] for r in rows] == ["model", "vae", "world"]
     assert all(r["inside_chunks"] >= 0 and r["across_chunks"] > 0 for r in rows)
+
+
+def test_vae_judge_reports_the_world_and_the_round_trip() -> None:
+    from edgegen.model.evaluate import vae_judge
+    from edgegen.model.torch_backend import shipped_checkpoint
+
+    world, vae = vae_judge(str(shipped_checkpoint()), 3, "train", 8)
+    assert (world["clips"], vae["clips"]) == ("world", "vae") and world["n"] == vae["n"] == 3
+    assert world["colour"] == 1.0  # the judge reads the world's own clips
+    assert 0.0 <= vae["colour"] <= 1.0 and 20.0 < vae["psnr_db"] < 60.0 and world["psnr_db"] is None

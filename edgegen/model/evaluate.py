@@ -17,6 +17,8 @@ often the object is gone): where a stream loses its motion and its object.
 `--stutter C` compares the mean frame-to-frame change inside chunks with the change across chunk
 boundaries, for the model's C-chunk clips, the world's renders of the same prompts and the VAE's round
 trip of them: whether the picture moves steadily or holds still for a chunk and then jumps.
+`--vae-judge` judges the world's renders and the checkpoint's VAE round trip of them (`--frames`
+each): do the attributes survive the autoencoder?
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from edgegen import sampling
-from edgegen.judge import evaluate
+from edgegen.judge import compare, evaluate
 from edgegen.model.pipeline import (
     Cache,
     Model,
@@ -230,6 +232,29 @@ def stutter(path: str, chunks: int, n: int, split: str, steps: int | None = None
     return rows
 
 
+def vae_judge(path: str, n: int, split: str, frames: int) -> list[dict]:
+    """Do the judge's attributes survive the VAE? Pass rates of the world's renders of `n` prompts
+    (prompt i at seed i) and of the checkpoint's VAE round trip of the same clips (with its mean PSNR)."""
+    from edgegen.world import parse_prompt, prompts, render
+
+    model = load(path)
+    F = model.config.chunk_frames
+    length = -(-frames // F) * F
+    real, coded, db = [], [], []
+    for i, prompt in enumerate(prompts(split, n, seed=0)):
+        clip = render(parse_prompt(prompt), i, length, model.config.height)
+        out = reconstruct(model, clip)
+        real.append((prompt, i, clip[:frames]))
+        coded.append((prompt, i, out[:frames]))
+        db.append(compare(out[:frames], clip[:frames])["psnr"])
+    rows: list[dict] = []
+    for what, samples, mean_db in (("world", real, None), ("vae", coded, round(float(np.mean(db)), 2))):
+        acc = evaluate(samples)["accuracy"]["all"]
+        _emit({"checkpoint": path, "split": split, "clips": what, "n": n, "frames": frames, "psnr_db": mean_db,
+               **{k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}}, rows)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -243,6 +268,7 @@ def main() -> None:
     ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
     ap.add_argument("--free-run", type=int, default=0, help="chunks per stream for the free-running motion measure (see above)")
     ap.add_argument("--stutter", type=int, default=0, help="chunks per clip for the inside- vs across-chunk frame change (see above)")
+    ap.add_argument("--vae-judge", action="store_true", help="judge the world's renders and the checkpoint's VAE round trip of them (see above)")
     a = ap.parse_args()
     if a.t_ctx is not None and not 0.0 <= a.t_ctx < 1.0:
         ap.error(f"--t-ctx must be from 0 up to (not including) 1, not {a.t_ctx}")
@@ -259,6 +285,9 @@ def main() -> None:
         if a.free_run < 2:
             ap.error("--free-run needs at least 2 chunks (it measures chunk-to-chunk motion)")
         free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None, a.t_ctx)
+        return
+    if a.vae_judge:
+        vae_judge(a.checkpoint, a.n, a.split, a.frames)
         return
     if a.stutter:
         if a.stutter < 2:
