@@ -17,12 +17,15 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgegen.bundle import Bundle
 from edgegen.calibration.sensitivity import output_error, run_all
+
+if TYPE_CHECKING:
+    from edgegen.runtime.backends.ort_cpu import ThreadPlan
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +42,18 @@ class OrtFileSession:
     `simulate`: the basic optimisation level, which runs FP8 Q/DQ as simulated (fake) quantization.
     At ORT_ENABLE_ALL, onnxruntime 1.31 rewrites float8 DQ→MatMul into MatMulIntegerToFloat and
     then rejects its own graph. `threads=1` runs on the calling thread, so `time.thread_time()`
-    measures the session's own CPU time, immune to other processes on the machine."""
+    measures the session's own CPU time, immune to other processes on the machine. `plan`: the
+    runtime's thread settings (`ThreadPlan`: threads, spinning within a run only) instead."""
 
-    def __init__(self, path: str | Path, output_names: Sequence[str], *, simulate: bool = False, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, output_names: Sequence[str], *, simulate: bool = False, threads: int = 0,
+                 plan: ThreadPlan | None = None) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        options = ort.SessionOptions() if plan is None else plan.options()
         options.log_severity_level = 3
         if simulate:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        if threads:
+        if threads and plan is None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -37,7 +37,7 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         else:
             checks["judge_max_drop_points"] = {"value": None, "passed": None, "note": "no judge installed (edgegen.judge); not measured"}
     latency = report.get("latency", {})
-    for kind, label in (("wall", "wall time, runtime threads"), ("cpu", "1-thread CPU time")):
+    for kind, label in (("wall", "wall time, every core"), ("cpu", "1-thread CPU time")):
         step = latency.get(kind, {}).get("denoiser", {})
         best = max(((k, v["speedup_vs_fp32"]) for k, v in step.items() if isinstance(v, dict) and "speedup_vs_fp32" in v),
                    key=lambda kv: kv[1], default=None)
@@ -156,7 +156,7 @@ def markdown(report: dict[str, Any]) -> str:
             if load and load["loadavg_1m"] > load["cpus"]:
                 lines += [f"**Warning:** the machine was busy (1-minute load average {load['loadavg_1m']:.1f} on {load['cpus']} CPUs): "
                           "the wall-time rows measure contention more than the model; the CPU-time rows are the reliable ones.", ""]
-            lines += [f"Wall: the runtime's ort-cpu sessions ({lat['threads']} threads). CPU: single-thread sessions timed with "
+            lines += [f"Wall: every file on one thread plan ({lat.get('plan', str(lat['threads']) + ' threads')}). CPU: single-thread sessions timed with "
                       "`thread_time` (unaffected by other load). Median of per-round medians; speedup = median of per-round ratios. "
                       f"`{p}` is the portable Q/DQ file (TensorRT + ORT); `{p}+ort-cpu` uses the ORT-CPU-only files where the bundle has them.", "",
                       "| component | clock | path | ms/call | speedup vs fp32 |", "| --- | --- | --- | --- | --- |"]
