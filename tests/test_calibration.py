@@ -298,6 +298,10 @@ def test_report_has_component_errors_e2e_and_latency(int8: dict[str, Any]) -> No
     assert len(e2e["prompts"]) == 2 and isinstance(e2e["mean_psnr_db"], (float, str))
     step = report["latency"]["denoiser"]
     assert step["fp32"]["median_ms"] > 0 and step["int8"]["speedup_vs_fp32"] > 0
+    from edgegen.runtime.backends.ort_cpu import candidate_plans, physical_cores
+
+    widest = candidate_plans(physical_cores())[-1]  # every wall-time file on this one plan
+    assert report["latency"]["plan"] == str(widest) and report["latency"]["threads"] == widest.threads
     md = (int8["out"] / "calibration_int8.md").read_text()
     assert "Kept in float" in md and "## End to end" in md and "## Latency" in md
 
@@ -396,3 +400,19 @@ def test_variant_files_that_fail_end_to_end_are_dropped_not_shipped(tmp_path: Pa
     assert "ort_cpu_variants" not in e2e and e2e["ort_cpu_variants_dropped"]["mean_psnr_db"] == 40.0
     verdict = rep.verdict({**report, "targets": {"min_psnr_db": MIN_PSNR_DB, "max_judge_drop_points": MAX_JUDGE_DROP, "min_step_speedup": 1.8}})
     assert not any("variants" in k for k in verdict["checks"])  # what is not shipped is not judged
+
+
+def test_file_sessions_take_the_runtime_thread_plan(tiny_bundle: Path) -> None:
+    """Wall-time latency compares files on one plan: its threads, spinning within a run only."""
+    from edgegen.calibration.evaluate import OrtFileSession, component_file
+    from edgegen.runtime.backends.ort_cpu import ThreadPlan
+
+    bundle = load_bundle(tiny_bundle)
+    path = component_file(bundle, "fp32", "denoiser")
+    names = bundle.component("fp32", "denoiser").output_names
+    session = OrtFileSession(path, names, plan=ThreadPlan(2, spin=True))
+    options = session._session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    plain = OrtFileSession(path, names, threads=1)._session.get_session_options()
+    assert plain.intra_op_num_threads == 1
