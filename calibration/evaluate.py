@@ -17,15 +17,12 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgegen.bundle import Bundle
 from edgegen.calibration.sensitivity import output_error, run_all
-
-if TYPE_CHECKING:
-    from edgegen.runtime.backends.ort_cpu import ThreadPlan
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +39,20 @@ class OrtFileSession:
     `simulate`: the basic optimisation level, which runs FP8 Q/DQ as simulated (fake) quantization.
     At ORT_ENABLE_ALL, onnxruntime 1.31 rewrites float8 DQ→MatMul into MatMulIntegerToFloat and
     then rejects its own graph. `threads=1` runs on the calling thread, so `time.thread_time()`
-    measures the session's own CPU time, immune to other processes on the machine. `plan`: the
-    runtime's thread settings (`ThreadPlan`: threads, spinning within a run only) instead."""
+    measures the session's own CPU time, immune to other processes on the machine. `threads` > 0
+    takes the runtime's settings for that many threads (`ThreadPlan`; `spin`: busy-wait within a
+    run, never between runs); 0 leaves ORT's defaults."""
 
     def __init__(self, path: str | Path, output_names: Sequence[str], *, simulate: bool = False, threads: int = 0,
-                 plan: ThreadPlan | None = None) -> None:
+                 spin: bool = False) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions() if plan is None else plan.options()
+        from edgegen.runtime.backends.ort_cpu import ThreadPlan
+
+        options = ThreadPlan(threads, spin).options() if threads else ort.SessionOptions()
         options.log_severity_level = 3
         if simulate:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        if threads and plan is None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._names = list(output_names)
 

@@ -487,13 +487,13 @@ def _latency(bundle: Bundle, settings: Settings, held: cap.Captured, report: dic
         names = bundle.component(p, comp).output_names
         # One plan for every file (a runtime session measures its own plan per file, which would
         # compare 1 thread with 2); the portable file and the ORT-CPU variant are both measured.
-        wall = {"fp32": ev.OrtFileSession(ev.component_file(bundle, "fp32", comp), names, plan=plan),
-                p: ev.OrtFileSession(ev.component_file(bundle, p, comp), names, plan=plan)}
+        wall = {"fp32": ev.OrtFileSession(ev.component_file(bundle, "fp32", comp), names, threads=plan.threads, spin=plan.spin),
+                p: ev.OrtFileSession(ev.component_file(bundle, p, comp), names, threads=plan.threads, spin=plan.spin)}
         cpu = {"fp32": ev.OrtFileSession(ev.component_file(bundle, "fp32", comp), names, threads=1),
                p: ev.OrtFileSession(ev.component_file(bundle, p, comp), names, threads=1)}
         if variants:
             path = ev.component_file(bundle, p, comp, variant=True)
-            wall[f"{p}+ort-cpu"] = ev.OrtFileSession(path, names, plan=plan)
+            wall[f"{p}+ort-cpu"] = ev.OrtFileSession(path, names, threads=plan.threads, spin=plan.spin)
             cpu[f"{p}+ort-cpu"] = ev.OrtFileSession(path, names, threads=1)
         result.setdefault("profile_fp32", {})[comp] = ev.gemm_share(ev.component_file(bundle, "fp32", comp), feeds)
         result["wall"][comp] = ev.interleaved_latency(wall, feeds, rounds=settings.latency_rounds)

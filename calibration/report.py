@@ -156,7 +156,7 @@ def markdown(report: dict[str, Any]) -> str:
             if load and load["loadavg_1m"] > load["cpus"]:
                 lines += [f"**Warning:** the machine was busy (1-minute load average {load['loadavg_1m']:.1f} on {load['cpus']} CPUs): "
                           "the wall-time rows measure contention more than the model; the CPU-time rows are the reliable ones.", ""]
-            lines += [f"Wall: every file on one thread plan ({lat.get('plan', str(lat['threads']) + ' threads')}). CPU: single-thread sessions timed with "
+            lines += [f"Wall: every file on one thread plan ({lat['plan']}). CPU: single-thread sessions timed with "
                       "`thread_time` (unaffected by other load). Median of per-round medians; speedup = median of per-round ratios. "
                       f"`{p}` is the portable Q/DQ file (TensorRT + ORT); `{p}+ort-cpu` uses the ORT-CPU-only files where the bundle has them.", "",
                       "| component | clock | path | ms/call | speedup vs fp32 |", "| --- | --- | --- | --- | --- |"]

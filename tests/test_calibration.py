@@ -405,12 +405,11 @@ def test_variant_files_that_fail_end_to_end_are_dropped_not_shipped(tmp_path: Pa
 def test_file_sessions_take_the_runtime_thread_plan(tiny_bundle: Path) -> None:
     """Wall-time latency compares files on one plan: its threads, spinning within a run only."""
     from edgegen.calibration.evaluate import OrtFileSession, component_file
-    from edgegen.runtime.backends.ort_cpu import ThreadPlan
 
     bundle = load_bundle(tiny_bundle)
     path = component_file(bundle, "fp32", "denoiser")
     names = bundle.component("fp32", "denoiser").output_names
-    session = OrtFileSession(path, names, plan=ThreadPlan(2, spin=True))
+    session = OrtFileSession(path, names, threads=2, spin=True)
     options = session._session.get_session_options()
     assert options.intra_op_num_threads == 2
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from edgegen.errors import Interrupted, UserError
-from edgegen.model.checkpoint import load_checkpoint, save_checkpoint
+from edgegen.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from edgegen.model.config import ModelConfig, StageConfig, TrainConfig
 from edgegen.model.data import heldout_clips, render_clips
 from edgegen.model.vae import VAE, psnr
@@ -269,16 +269,21 @@ def train_vae(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     return fit("vae", cfg, tcfg, run, {"vae": vae}, loss_fn, before_save=before_save)
 
 
-def warm_start_vae(path: Path, vae: VAE, cfg: ModelConfig) -> ModelConfig:
-    """Load the (EMA) VAE weights of any checkpoint that has a VAE into `vae`; `cfg` with its latent statistics."""
+def vae_checkpoint(path: Path, cfg: ModelConfig) -> Checkpoint:
+    """The checkpoint at `path`, if it holds a VAE (vae, teacher or student) for `cfg`'s geometry."""
     ck = load_checkpoint(path)
-    weights = ck.weights()
-    if "vae" not in weights:
-        raise UserError(f"{path} is a {ck.kind} checkpoint without VAE weights; pass a vae, teacher or student checkpoint to --init")
+    if ck.kind not in ("vae", "teacher", "student") or "vae" not in ck.model:
+        raise UserError(f"{path} holds no VAE (a {ck.kind} checkpoint); train one with 'edgegen train vae' and pass its checkpoint")
     mismatch = [f for f in ("height", "width", "chunk_frames", "latent_channels") if getattr(ck.config, f) != getattr(cfg, f)]
     if mismatch:
         raise UserError(f"the VAE in {path} was trained for another geometry ({', '.join(mismatch)} differ); use the matching config")
-    vae.load_state_dict({k: v.float() for k, v in weights["vae"].items()})
+    return ck
+
+
+def warm_start_vae(path: Path, vae: VAE, cfg: ModelConfig) -> ModelConfig:
+    """Load the (EMA) VAE weights of any checkpoint that has a VAE into `vae`; `cfg` with its latent statistics."""
+    ck = vae_checkpoint(path, cfg)
+    vae.load_state_dict({k: v.float() for k, v in ck.weights()["vae"].items()})
     log.info("warm start from %s (%s step %d): vae", path, ck.kind, ck.step)
     return replace(cfg, latent_mean=ck.config.latent_mean, latent_std=ck.config.latent_std)
 

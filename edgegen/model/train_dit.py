@@ -37,7 +37,7 @@ from edgegen.model.config import ModelConfig, TrainConfig
 from edgegen.model.data import LatentPool, pool_key, render_clips, tokenizer_for
 from edgegen.model.dit import DiT
 from edgegen.model.text import TextEncoder
-from edgegen.model.train import Run, eval_vae, fit, latent_stats
+from edgegen.model.train import Run, eval_vae, fit, latent_stats, vae_checkpoint
 from edgegen.model.vae import VAE
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,7 @@ VAE_FIELDS = ("height", "width", "chunk_frames", "latent_channels", "vae_enc_cha
 
 def load_vae(path: Path, cfg: ModelConfig, tcfg: TrainConfig | None = None) -> tuple[VAE, ModelConfig]:
     """The trained VAE (EMA weights, frozen) and `cfg` with the VAE's geometry and latent statistics."""
-    ck = load_checkpoint(path)
-    if ck.kind not in ("vae", "teacher", "student") or "vae" not in ck.model:
-        raise UserError(f"{path} holds no VAE; train one with 'edgegen train vae' or pass --vae")
-    mismatch = [f for f in ("height", "width", "chunk_frames", "latent_channels") if getattr(ck.config, f) != getattr(cfg, f)]
-    if mismatch:
-        raise UserError(f"the VAE in {path} was trained for another geometry ({', '.join(mismatch)} differ); use the matching config")
+    ck = vae_checkpoint(path, cfg)
     if not ck.config.latent_std:
         raise UserError(f"the VAE in {path} has no latent statistics; let 'edgegen train vae' save a checkpoint")
     cfg = replace(cfg, **{f: getattr(ck.config, f) for f in VAE_FIELDS})
