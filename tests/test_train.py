@@ -183,6 +183,33 @@ def test_teacher_trains_with_late_clips_and_own_context(tmp_path: Path, tiny: tu
         train_stage("teacher", cfg, replace(tcfg, late_start_max=1), Run(out=tmp_path / "c", steps=1, vae=vae, progress=False))
 
 
+def test_first_chunk_clips_train_the_stream_s_first_chunk(tmp_path: Path, tiny: tuple) -> None:
+    """A clip cut to its first chunk gets exactly the prediction chunk 0 gets in the whole clip (it
+    sees only the text either way), so `first_batch` trains the stream's first chunk; runs resume exactly."""
+    from dataclasses import replace
+
+    from edgegen.model.dit import DiT
+    from edgegen.model.text import TextEncoder
+
+    cfg, tcfg = tiny
+    torch.manual_seed(0)
+    text, dit = TextEncoder(replace(cfg, vocab_size=100)), DiT(cfg)
+    for p in dit.parameters():  # adaLN-zero starts at zero output: give the model a real function
+        torch.nn.init.normal_(p, std=0.05)
+    h, w = cfg.latent_size
+    x0, xt = torch.randn(2, 3, cfg.latent_channels, h, w), torch.randn(2, 3, cfg.latent_channels, h, w)
+    t = torch.rand(2, 3)
+    txt, pooled = text(torch.randint(1, 100, (2, cfg.max_len)))
+    whole = dit.forward_train(xt, t, x0, txt, pooled)
+    torch.testing.assert_close(dit.forward_train(xt[:, :1], t[:, :1], x0[:, :1], txt, pooled), whole[:, :1])
+    assert not torch.allclose(whole[:, 1], dit.forward_train(xt[:, 1:2], t[:, 1:2], x0[:, 1:2], txt, pooled)[:, 0])  # later chunks see context
+
+    tcfg = replace(tcfg, first_batch=3)
+    vae = _run(tmp_path / "v", "vae", tiny, 2)
+    _teacher_resumes_exactly(tmp_path, cfg, tcfg, vae)
+    assert '"loss_first"' in (tmp_path / "a" / "teacher" / "log.jsonl").read_text()
+
+
 def test_faded_context_keeps_the_background_and_dims_the_rest(tiny: tuple) -> None:
     from dataclasses import replace
 
@@ -288,6 +315,9 @@ def test_vae_decoder_fine_tune_keeps_the_encoder_and_swaps_into_a_model(tmp_path
     c = swapped.weights()["vae"]
     for k in a:
         torch.testing.assert_close(c[k].float(), (b if k.startswith("decoder.") else a)[k].half().float())
+    # the fp16 copy and the fp32 run it came from hold one encoder (compared at the saved precision)
+    assert any(not torch.equal(c[k].float(), a[k].float()) for k in a if k.startswith("encoder."))
+    with_vae_decoder(tmp_path / "swapped.safetensors", tuned, tmp_path / "from_half.safetensors")
     other = _run(tmp_path / "c", "vae", (cfg, replace(tcfg, seed=1)), steps=1)
     with pytest.raises(UserError, match="another encoder"):
         with_vae_decoder(base, other, tmp_path / "refused.safetensors")

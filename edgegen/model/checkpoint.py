@@ -157,7 +157,8 @@ def with_vae_decoder(src: str | Path, vae_src: str | Path, dst: str | Path) -> P
     if "vae" not in weights or vae is None:
         raise UserError(f"both checkpoints need VAE weights ({src}: {ck.kind}, {vae_src}: {vae_ck.kind})")
     encoder = {k: v for k, v in weights["vae"].items() if k.startswith("encoder.")}
-    if any(not torch.equal(v.float(), vae[k].float()) for k, v in encoder.items()):
+    # compared at the precision the result is saved in: an fp32 run and its fp16 copy are one encoder
+    if any(not torch.equal(v.half(), vae[k].half()) for k, v in encoder.items()):
         raise UserError(f"the VAE in {vae_src} has another encoder than {src}: its latents are not the DiT's; fine-tune the decoder only")
     weights["vae"] = {**weights["vae"], **{k: v for k, v in vae.items() if k.startswith("decoder.")}}
     extra = {**ck.extra, "vae_decoder": f"{Path(vae_src).name} ({vae_ck.kind} step {vae_ck.step})"}

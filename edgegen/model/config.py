@@ -128,6 +128,10 @@ class TrainConfig:
     late_clips: int = 0
     late_start_max: int = 224
     late_batch: int = 0
+    # First chunks: this many more clips per teacher step are cut to their first chunk, which sees only
+    # the text (no context): the chunk that decides the scene (object count, colours, places) gets more
+    # of the training signal at a quarter of a clip's cost.
+    first_batch: int = 0
     # student (reflow distillation of the guided teacher)
     distill_pairs: int = 1024  # teacher rollouts cached on disk
     distill_random_t: float = 0.25  # fraction of samples at uniform t (rest at the 1/2/4-step times)
