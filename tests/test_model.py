@@ -246,6 +246,26 @@ def test_continuation_on_the_shipped_model_reports_shares() -> None:
     assert all(abs(sum(r[k] for k in OUTCOMES) - 1.0) < 1e-6 for r in rows)
 
 
+def test_primed_clips_start_from_the_world_s_chunks() -> None:
+    """K = 0 is the plain stream; after K real chunks the generated chunk is the one teacher forcing
+    (`continue_clip`) makes; `primed` judges only the generated frames."""
+    from edgegen.model.evaluate import continue_clip, primed, primed_video
+    from edgegen.model.pipeline import generate_video, load_model
+    from edgegen.model.torch_backend import shipped_checkpoint
+
+    model = load_model(shipped_checkpoint())
+    prompt, F = "a blue square moving left", model.config.chunk_frames
+    np.testing.assert_array_equal(primed_video(model, prompt, 3, 0, 6), generate_video(model, prompt, seed=3, frames=6))
+    after = primed_video(model, prompt, 3, 1, F)
+    assert after.shape == (F, model.config.height, model.config.width, 3)
+    made = continue_clip(model, prompt, 3, 1)[2]
+    assert np.abs(after[-1].astype(np.float32) / 255.0 - made).max() <= 1.0 / 255.0
+    assert not np.array_equal(after, primed_video(model, prompt, 3, 0, F))  # the real chunk changed what follows
+    rows = primed(str(shipped_checkpoint()), [0, 1], 2, "heldout", 8)
+    assert [(r["real_chunks"], r["frames"], r["n"]) for r in rows] == [(0, 8, 2), (1, 8, 2)]
+    assert all(0.0 <= r["colour"] <= 1.0 for r in rows)
+
+
 def test_along_motion_classifies_displacements() -> None:
     from edgegen.model.evaluate import along_motion
 

@@ -17,6 +17,8 @@ often the object is gone): where a stream loses its motion and its object.
 `--stutter C` compares the mean frame-to-frame change inside chunks with the change across chunk
 boundaries, for the model's C-chunk clips, the world's renders of the same prompts and the VAE's round
 trip of them: whether the picture moves steadily or holds still for a chunk and then jumps.
+`--primed K` judges `--frames` frames generated after the first K chunks of the world's clip
+(K = 0: plain generation): how much of the score is lost in the first chunk, made from the text alone?
 `--vae-judge` judges the world's renders and the checkpoint's VAE round trip of them (`--frames`
 each): do the attributes survive the autoencoder?
 """
@@ -100,35 +102,87 @@ def centroid(frame: np.ndarray, threshold: float = 0.25) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Real chunks 0..k-1 as context -> (last real frame of chunk k-1, real chunk k's last frame, the
-    generated chunk k's last frame), float [H, W, 3] in [0, 1], decoded with the same carried state."""
+def real_context(model: Model, prompt: str, seed: int, k: int, chunks: int) -> tuple[list[torch.Tensor], Cache, torch.Tensor, np.random.Generator]:
+    """The world's clip of `prompt` at `seed`, VAE-encoded (latents of chunks 0..chunks-1), its first
+    `k` chunks committed to a fresh cache as a generated chunk would be -> (latents, cache, pooled
+    text, the stream's commit source after those commits)."""
     from edgegen.world import parse_prompt, render
 
     cfg, parts = model.config, model.components
     F = cfg.chunk_frames
-    clip = torch.from_numpy(render(parse_prompt(prompt), seed, F * (k + 1), cfg.height)).float()[None] / 255.0
     state, real = torch.zeros(1, cfg.height, cfg.width, 3), []
-    for i in range(k + 1):
+    if chunks:
+        clip = torch.from_numpy(render(parse_prompt(prompt), seed, F * chunks, cfg.height)).float()[None] / 255.0
+    for i in range(chunks):
         z, state = parts["vae_encoder"](clip[:, i * F : (i + 1) * F], state)
         real.append(z)
-    guidance = model.default_guidance
-    text, pooled = encode_text(model, torch.from_numpy(model.tokenizer.encode(prompt))[None], guidance)
+    text, pooled = encode_text(model, torch.from_numpy(model.tokenizer.encode(prompt))[None], model.default_guidance)
     cache = Cache(model, text)
     rows = pooled.shape[0]
-    shape = (1, cfg.latent_channels, *cfg.latent_size)
     commit_rng = sampling.commit_rng(seed)
     for z in real[:k]:
-        zc = torch.from_numpy(sampling.commit_input(z.numpy(), cfg.t_ctx, commit_rng))  # committed as a generated chunk would be
+        zc = torch.from_numpy(sampling.commit_input(z.numpy(), cfg.t_ctx, commit_rng))
         cache.push(parts["commit"](zc.expand(rows, -1, -1, -1), torch.full((rows,), cfg.t_ctx), pooled, cache.context, cache.bias))
-    noise = torch.from_numpy(sampling.chunk_noise(sampling.stream_rng(seed), shape))
-    made = denoise_chunk(model, noise, times_for(cfg, steps or model.default_steps), pooled, cache, guidance, cfg.t_ctx,
-                         torch.from_numpy(sampling.commit_noise(commit_rng, shape)))
-    dstate = torch.zeros(1, cfg.latent_channels, *cfg.latent_size)
-    for z in real[:k]:
-        frames, dstate = parts["vae_decoder"](z, dstate)
-    last = frames[0, -1].numpy()
-    return last, parts["vae_decoder"](real[k], dstate)[0][0, -1].numpy(), parts["vae_decoder"](made, dstate)[0][0, -1].numpy()
+    return real, cache, pooled, commit_rng
+
+
+@torch.no_grad()
+def generate_after(model: Model, seed: int, cache: Cache, pooled: torch.Tensor, commit_rng: np.random.Generator, chunks: int,
+                   steps: int | None = None) -> list[torch.Tensor]:
+    """`chunks` more chunks of a stream whose cache is `cache`: chunk noise from `sampling.stream_rng(seed)`
+    (from its first draw on, as a plain stream starts), commit noise from `commit_rng`."""
+    cfg = model.config
+    rng, shape = sampling.stream_rng(seed), (1, cfg.latent_channels, *cfg.latent_size)
+    times = times_for(cfg, steps or model.default_steps)
+    out = []
+    for _ in range(chunks):
+        noise = torch.from_numpy(sampling.chunk_noise(rng, shape))
+        out.append(denoise_chunk(model, noise, times, pooled, cache, model.default_guidance, cfg.t_ctx,
+                                 torch.from_numpy(sampling.commit_noise(commit_rng, shape))))
+    return out
+
+
+@torch.no_grad()
+def decode(model: Model, latents: list[torch.Tensor]) -> np.ndarray:
+    """Latents (1,C,h,w) of consecutive chunks -> frames float [T, H, W, 3] in [0, 1], carrying the decoder state."""
+    state, frames = torch.zeros(1, model.config.latent_channels, *model.config.latent_size), []
+    for z in latents:
+        f, state = model.components["vae_decoder"](z, state)
+        frames.append(f[0].numpy())
+    return np.concatenate(frames)
+
+
+def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real chunks 0..k-1 as context -> (last real frame of chunk k-1, real chunk k's last frame, the
+    generated chunk k's last frame), float [H, W, 3] in [0, 1], decoded with the same carried state."""
+    real, cache, pooled, commit_rng = real_context(model, prompt, seed, k, k + 1)
+    (made,) = generate_after(model, seed, cache, pooled, commit_rng, 1, steps)
+    return decode(model, real[:k])[-1], decode(model, real)[-1], decode(model, [*real[:k], made])[-1]
+
+
+def primed_video(model: Model, prompt: str, seed: int, k: int, frames: int, steps: int | None = None) -> np.ndarray:
+    """uint8 [frames, H, W, 3] generated after the first `k` chunks of the world's clip (k = 0: the
+    plain stream, `generate_video`)."""
+    F = model.config.chunk_frames
+    real, cache, pooled, commit_rng = real_context(model, prompt, seed, k, k)
+    video = decode(model, [*real, *generate_after(model, seed, cache, pooled, commit_rng, -(-frames // F), steps)])
+    return (video[F * k : F * k + frames] * 255.0 + 0.5).astype(np.uint8)
+
+
+def primed(path: str, context_chunks: list[int], n: int, split: str, frames: int, steps: int | None = None) -> list[dict]:
+    """Judge pass rates of clips whose first K chunks are the world's (VAE-encoded, committed), the
+    rest generated; only the generated frames are judged. K = 0 is plain generation: how much of the
+    score is lost in the first chunk, made from the text alone?"""
+    from edgegen.world import prompts
+
+    model = load(path)
+    rows: list[dict] = []
+    for k in context_chunks:
+        samples = [(p, i, primed_video(model, p, i, k, frames, steps)) for i, p in enumerate(prompts(split, n, seed=0))]
+        acc = evaluate(samples)["accuracy"]["all"]
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "real_chunks": k, "frames": frames, "n": n,
+               **{key: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for key, v in acc.items()}}, rows)
+    return rows
 
 
 def continuation(path: str, context_chunks: list[int], n: int, split: str, steps: int | None = None,
@@ -268,6 +322,7 @@ def main() -> None:
     ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
     ap.add_argument("--free-run", type=int, default=0, help="chunks per stream for the free-running motion measure (see above)")
     ap.add_argument("--stutter", type=int, default=0, help="chunks per clip for the inside- vs across-chunk frame change (see above)")
+    ap.add_argument("--primed", default="", help="comma list of real first-chunk counts K: judge the --frames generated after them (see above)")
     ap.add_argument("--vae-judge", action="store_true", help="judge the world's renders and the checkpoint's VAE round trip of them (see above)")
     a = ap.parse_args()
     if a.t_ctx is not None and not 0.0 <= a.t_ctx < 1.0:
@@ -285,6 +340,12 @@ def main() -> None:
         if a.free_run < 2:
             ap.error("--free-run needs at least 2 chunks (it measures chunk-to-chunk motion)")
         free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None, a.t_ctx)
+        return
+    if a.primed:
+        counts = [int(x) for x in a.primed.split(",")]
+        if min(counts) < 0:
+            ap.error("--primed takes counts of real chunks from 0 up")
+        primed(a.checkpoint, counts, a.n, a.split, a.frames, steps[0] if steps else None)
         return
     if a.vae_judge:
         vae_judge(a.checkpoint, a.n, a.split, a.frames)
