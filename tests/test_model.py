@@ -266,6 +266,20 @@ def test_primed_clips_start_from_the_world_s_chunks() -> None:
     assert all(0.0 <= r["colour"] <= 1.0 for r in rows)
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--primed", "0,x"], "--primed takes a comma list of whole numbers"),
+    (["--primed", "-1"], "--primed takes counts of real chunks from 0 up"),
+    (["--continuation", "0"], "--continuation takes counts of real chunks from 1 up"),
+])
+def test_evaluate_rejects_bad_chunk_counts_in_one_line(argv: list[str], message: str, monkeypatch, capsys) -> None:
+    from edgegen.model import evaluate
+
+    monkeypatch.setattr("sys.argv", ["evaluate", "unused.safetensors", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_along_motion_classifies_displacements() -> None:
     from edgegen.model.evaluate import along_motion
 

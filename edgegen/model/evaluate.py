@@ -55,6 +55,12 @@ def _emit(row: dict, rows: list[dict]) -> None:
     rows.append(row)
 
 
+def _rates(samples: list[tuple[str, int, np.ndarray]]) -> dict[str, float | None]:
+    """The judge's pass rate per attribute (3 decimals; None where no prompt specifies it)."""
+    acc = evaluate(samples)["accuracy"]["all"]
+    return {k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}
+
+
 def load(path: str, t_ctx: float | None = None) -> Model:
     """The checkpoint's model; `t_ctx` overrides the level its finished chunks are committed at."""
     model = load_model(path)
@@ -72,10 +78,10 @@ def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: 
             t0 = time.perf_counter()
             samples = [(p, i, generate_video(model, p, seed=i, frames=frames, steps=s, guidance=g))
                        for i, p in enumerate(prompts(split, n, seed=0))]
-            acc = evaluate(samples)["accuracy"]["all"]
+            rates = _rates(samples)
             row = {"checkpoint": path, "kind": model.kind, "split": split, "guidance": g if g is not None else model.default_guidance,
                    "steps": s or model.default_steps, "t_ctx": model.config.t_ctx, "n": n, "seconds": round(time.perf_counter() - t0, 1),
-                   **{k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}}
+                   **rates}
             _emit(row, rows)
     return rows
 
@@ -137,19 +143,22 @@ def generate_after(model: Model, seed: int, cache: Cache, pooled: torch.Tensor, 
     out = []
     for _ in range(chunks):
         noise = torch.from_numpy(sampling.chunk_noise(rng, shape))
-        out.append(denoise_chunk(model, noise, times, pooled, cache, model.default_guidance, cfg.t_ctx,
-                                 torch.from_numpy(sampling.commit_noise(commit_rng, shape))))
+        commit = torch.from_numpy(sampling.commit_noise(commit_rng, shape)) if cfg.t_ctx else None
+        out.append(denoise_chunk(model, noise, times, pooled, cache, model.default_guidance, cfg.t_ctx, commit))
     return out
 
 
 @torch.no_grad()
-def decode(model: Model, latents: list[torch.Tensor]) -> np.ndarray:
-    """Latents (1,C,h,w) of consecutive chunks -> frames float [T, H, W, 3] in [0, 1], carrying the decoder state."""
-    state, frames = torch.zeros(1, model.config.latent_channels, *model.config.latent_size), []
+def decode(model: Model, latents: list[torch.Tensor], state: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Latents (1,C,h,w) of consecutive chunks -> (frames float [T, H, W, 3] in [0, 1], the decoder
+    state after them), starting from `state` (None: a stream's start)."""
+    if state is None:
+        state = torch.zeros(1, model.config.latent_channels, *model.config.latent_size)
+    frames = []
     for z in latents:
         f, state = model.components["vae_decoder"](z, state)
         frames.append(f[0].numpy())
-    return np.concatenate(frames)
+    return np.concatenate(frames), state
 
 
 def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,7 +166,8 @@ def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | Non
     generated chunk k's last frame), float [H, W, 3] in [0, 1], decoded with the same carried state."""
     real, cache, pooled, commit_rng = real_context(model, prompt, seed, k, k + 1)
     (made,) = generate_after(model, seed, cache, pooled, commit_rng, 1, steps)
-    return decode(model, real[:k])[-1], decode(model, real)[-1], decode(model, [*real[:k], made])[-1]
+    before, state = decode(model, real[:k])  # the shared prefix, decoded once
+    return before[-1], decode(model, real[k:], state)[0][-1], decode(model, [made], state)[0][-1]
 
 
 def primed_video(model: Model, prompt: str, seed: int, k: int, frames: int, steps: int | None = None) -> np.ndarray:
@@ -165,7 +175,7 @@ def primed_video(model: Model, prompt: str, seed: int, k: int, frames: int, step
     plain stream, `generate_video`)."""
     F = model.config.chunk_frames
     real, cache, pooled, commit_rng = real_context(model, prompt, seed, k, k)
-    video = decode(model, [*real, *generate_after(model, seed, cache, pooled, commit_rng, -(-frames // F), steps)])
+    video, _ = decode(model, [*real, *generate_after(model, seed, cache, pooled, commit_rng, -(-frames // F), steps)])
     return (video[F * k : F * k + frames] * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -179,9 +189,8 @@ def primed(path: str, context_chunks: list[int], n: int, split: str, frames: int
     rows: list[dict] = []
     for k in context_chunks:
         samples = [(p, i, primed_video(model, p, i, k, frames, steps)) for i, p in enumerate(prompts(split, n, seed=0))]
-        acc = evaluate(samples)["accuracy"]["all"]
         _emit({"checkpoint": path, "kind": model.kind, "split": split, "real_chunks": k, "frames": frames, "n": n,
-               **{key: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for key, v in acc.items()}}, rows)
+               **_rates(samples)}, rows)
     return rows
 
 
@@ -303,10 +312,20 @@ def vae_judge(path: str, n: int, split: str, frames: int) -> list[dict]:
         db.append(compare(out[:frames], clip[:frames])["psnr"])
     rows: list[dict] = []
     for what, samples, mean_db in (("world", real, None), ("vae", coded, round(float(np.mean(db)), 2))):
-        acc = evaluate(samples)["accuracy"]["all"]
         _emit({"checkpoint": path, "split": split, "clips": what, "n": n, "frames": frames, "psnr_db": mean_db,
-               **{k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}}, rows)
+               **_rates(samples)}, rows)
     return rows
+
+
+def _counts(ap: argparse.ArgumentParser, flag: str, text: str, least: int) -> list[int]:
+    """A comma list of real-chunk counts, each at least `least` (else a one-line usage error)."""
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        ap.error(f"{flag} takes a comma list of whole numbers, not {text!r}")
+    if min(counts) < least:
+        ap.error(f"{flag} takes counts of real chunks from {least} up, not {min(counts)}")
+    return counts
 
 
 def main() -> None:
@@ -330,22 +349,17 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     steps = [int(x) for x in a.steps.split(",") if x]
+    one_steps = steps[0] if steps else None  # the single-setting measures take the first
     if a.continuation:
-        counts = [int(x) for x in a.continuation.split(",")]
-        if min(counts) < 1:
-            ap.error("--continuation needs at least 1 real context chunk")
-        continuation(a.checkpoint, counts, a.n, a.split, steps[0] if steps else None, a.t_ctx)
+        continuation(a.checkpoint, _counts(ap, "--continuation", a.continuation, 1), a.n, a.split, one_steps, a.t_ctx)
         return
     if a.free_run:
         if a.free_run < 2:
             ap.error("--free-run needs at least 2 chunks (it measures chunk-to-chunk motion)")
-        free_run(a.checkpoint, a.free_run, a.n, a.split, steps[0] if steps else None, a.t_ctx)
+        free_run(a.checkpoint, a.free_run, a.n, a.split, one_steps, a.t_ctx)
         return
     if a.primed:
-        counts = [int(x) for x in a.primed.split(",")]
-        if min(counts) < 0:
-            ap.error("--primed takes counts of real chunks from 0 up")
-        primed(a.checkpoint, counts, a.n, a.split, a.frames, steps[0] if steps else None)
+        primed(a.checkpoint, _counts(ap, "--primed", a.primed, 0), a.n, a.split, a.frames, one_steps)
         return
     if a.vae_judge:
         vae_judge(a.checkpoint, a.n, a.split, a.frames)
@@ -353,7 +367,7 @@ def main() -> None:
     if a.stutter:
         if a.stutter < 2:
             ap.error("--stutter needs at least 2 chunks (it compares changes inside and across chunks)")
-        stutter(a.checkpoint, a.stutter, a.n, a.split, steps[0] if steps else None, a.t_ctx)
+        stutter(a.checkpoint, a.stutter, a.n, a.split, one_steps, a.t_ctx)
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
     sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames, a.t_ctx)
