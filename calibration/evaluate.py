@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundle import Bundle
+from edgegen.calibration.report import VARIANT
 from edgegen.calibration.sensitivity import output_error, run_all
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ class OrtFileSession:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._names, self._session.run(self._names, dict(feeds)), strict=True))
 
-
-VARIANT = "ort-cpu"  # the manifest key of a component's ORT-CPU-only file
 
 
 def component_file(bundle: Bundle, precision: str, component: str, *, variant: bool = False) -> Path:

@@ -147,7 +147,8 @@ def _as_hooks(hooks: HookArg) -> Hooks:
 
 def choose_precision(bundle: Bundle, backend: backends.Backend, requested: str | None = None) -> tuple[str, str]:
     """(precision, why). Default: the backend's fastest precision that the bundle carries and
-    whose recorded quality check (if any) passed; backends list their precisions fastest first."""
+    whose recorded quality check (if any) passed on the files that backend runs; backends list their
+    precisions fastest first."""
     supported = tuple(backend.precisions)
     if requested is not None:
         if requested not in bundle.precisions:
@@ -159,8 +160,7 @@ def choose_precision(bundle: Bundle, backend: backends.Backend, requested: str |
     for precision in supported:
         if precision not in bundle.precisions:
             continue
-        quality = bundle.precision_info(precision).get("quality", {})
-        if quality.get("passed", True) is False:
+        if not _quality_passed(bundle, precision, backend.name):
             skipped.append(f"{precision} failed its quality check")
             continue
         why = f"fastest precision in the bundle that {backend.name} runs"
@@ -169,6 +169,13 @@ def choose_precision(bundle: Bundle, backend: backends.Backend, requested: str |
         f"backend {backend.name} runs {', '.join(supported)} but the bundle has {', '.join(bundle.precisions)}"
         + (f" ({'; '.join(skipped)})" if skipped else "") + "; pick another --backend or --precision"
     )
+
+
+def _quality_passed(bundle: Bundle, precision: str, backend: str) -> bool:
+    """The precision's recorded quality check for the files `backend` runs: its own verdict where the
+    calibration judged files of its own (ORT CPU's variants), else the portable files'; no record passes."""
+    quality = bundle.precision_info(precision).get("quality", {})
+    return quality.get("passed_by_backend", {}).get(backend, quality.get("passed", True)) is not False
 
 
 # ---------------------------------------------------------------------------------------------

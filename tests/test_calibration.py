@@ -402,6 +402,30 @@ def test_variant_files_that_fail_end_to_end_are_dropped_not_shipped(tmp_path: Pa
     assert not any("variants" in k for k in verdict["checks"])  # what is not shipped is not judged
 
 
+def test_verdict_judges_each_backend_on_the_files_it_runs() -> None:
+    """The portable Q/DQ files fail the judge, ORT CPU's own files pass: the portable verdict fails,
+    ORT CPU's passes; the portable denoiser's component error is not ORT CPU's business."""
+    from edgegen.calibration.pipeline import MAX_JUDGE_DROP, MIN_PSNR_DB
+
+    targets = {"min_psnr_db": MIN_PSNR_DB, "max_judge_drop_points": MAX_JUDGE_DROP, "min_step_speedup": 1.8}
+    e2e = {"mean_psnr_db": 40.0, "judge": {"max_drop_points": MAX_JUDGE_DROP + 1},
+           "ort_cpu_variants": {"mean_psnr_db": 41.0, "judge": {"max_drop_points": MAX_JUDGE_DROP}}}
+    missed = {"calibration_error": {"out": 0.05}, "target_rel_rmse": 0.03, "target_met": False}
+    met = {"calibration_error": {"out": 0.01}, "target_rel_rmse": 0.03, "target_met": True}
+    report = {"targets": targets, "end_to_end": e2e, "components": {
+        "denoiser": {"ort_cpu_variant": {"file": "denoiser.int8.ort-cpu.onnx", "chosen": "dynamic"}, **missed},
+        "vae_decoder": {"ort_cpu_variant": {"chosen": None}, **met}}}
+    verdict = rep.verdict(report)
+    assert verdict["passed"] is False and verdict["passed_by_backend"] == {"ort-cpu": True}
+    report["components"]["vae_decoder"] = {"ort_cpu_variant": {"chosen": None}, **missed}  # ORT CPU runs its portable file
+    assert rep.verdict(report)["passed_by_backend"] == {"ort-cpu": False}
+    e2e["ort_cpu_variants"]["judge"]["max_drop_points"] = MAX_JUDGE_DROP + 0.5
+    report["components"]["vae_decoder"] = {"ort_cpu_variant": {"chosen": None}, **met}
+    assert rep.verdict(report)["passed_by_backend"] == {"ort-cpu": False}
+    del e2e["ort_cpu_variants"]
+    assert "passed_by_backend" not in rep.verdict(report)  # no files of its own: the portable verdict
+
+
 def test_file_sessions_take_the_runtime_thread_plan(tiny_bundle: Path) -> None:
     """Wall-time latency compares files on one plan: its threads, spinning within a run only."""
     from edgegen.calibration.evaluate import OrtFileSession, component_file

@@ -192,6 +192,21 @@ def test_default_precision_is_the_fastest_that_passes(bundle_copy: Path) -> None
         choose_precision(load_bundle(bundle_copy), _FakeBackend(), "fp8")
 
 
+def test_default_precision_reads_the_verdict_on_the_backends_own_files(bundle_copy: Path) -> None:
+    """int8's portable files failed, the fake backend's own files passed: it runs int8, others do not."""
+    _with_precision(bundle_copy, "int8", {"passed": False, "passed_by_backend": {"fake": True}})
+    assert choose_precision(load_bundle(bundle_copy), _FakeBackend())[0] == "int8"
+
+    class Other(_FakeBackend):
+        name = "other"
+
+    precision, why = choose_precision(load_bundle(bundle_copy), Other())
+    assert precision == "fp32" and "int8 failed" in why
+    _with_precision(bundle_copy, "int8", {"passed": True, "passed_by_backend": {"fake": False}})
+    assert choose_precision(load_bundle(bundle_copy), _FakeBackend())[0] == "fp32"
+    assert choose_precision(load_bundle(bundle_copy), Other())[0] == "int8"
+
+
 def test_ort_cpu_loads_its_variant_file(bundle_copy: Path) -> None:
     from edgegen.runtime.backends.ort_cpu import OrtCpuBackend
 
