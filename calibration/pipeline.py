@@ -523,7 +523,7 @@ def _write_report_and_manifest(source: Bundle, tmp: Path, settings: Settings, re
     record = manifest["precisions"][settings.precision]
     record["quality"] = {
         "passed": report["verdict"]["passed"],
-        **({"passed_by_backend": report["verdict"]["passed_by_backend"]} if "passed_by_backend" in report["verdict"] else {}),
+        "passed_by_backend": report["verdict"].get("passed_by_backend", {}),
         "checks": report["verdict"]["checks"],
         "report": json_name,
         "report_markdown": md_name,
