@@ -211,7 +211,7 @@ def _build(source: Bundle, tmp: Path, settings: Settings) -> dict[str, Any]:
                 break
             targets = {c: t / 2 for c, t in targets.items()}
             log.info("mean PSNR below %.0f dB: halving the component targets to %s and searching again", MIN_PSNR_DB, targets)
-        if settings.check_e2e and _has_variants(report) and not _variants_pass(report["end_to_end"]):
+        if settings.check_e2e and _has_variants(report) and not rep.variants_pass(report["end_to_end"], report["targets"]):
             _drop_variants(tmp, report)
             _record_precision(source, tmp, settings, report)
         if settings.check_e2e:
@@ -220,13 +220,6 @@ def _build(source: Bundle, tmp: Path, settings: Settings) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     report["verdict"] = rep.verdict(report)
     return report
-
-
-def _variants_pass(e2e: dict[str, Any]) -> bool:
-    """Do the ORT-CPU variant files meet the same end-to-end targets as the portable files?"""
-    variants = e2e["ort_cpu_variants"]
-    judge = variants.get("judge")
-    return variants["mean_psnr_db"] >= MIN_PSNR_DB and (not judge or judge["max_drop_points"] <= MAX_JUDGE_DROP)
 
 
 def _drop_variants(tmp: Path, report: dict[str, Any]) -> None:

@@ -376,18 +376,17 @@ def test_checker_rejects_int8_in_an_fp8_file() -> None:
 
 
 def test_variant_files_that_fail_end_to_end_are_dropped_not_shipped(tmp_path: Path) -> None:
-    from edgegen.calibration.pipeline import (
-        MAX_JUDGE_DROP,
-        MIN_PSNR_DB,
-        _drop_variants,
-        _variants_pass,
-    )
+    from edgegen.calibration.pipeline import MAX_JUDGE_DROP, MIN_PSNR_DB, _drop_variants
+    from edgegen.calibration.report import variants_pass
+
+    targets = {"min_psnr_db": MIN_PSNR_DB, "max_judge_drop_points": MAX_JUDGE_DROP}
 
     (tmp_path / "denoiser.int8.ort-cpu.onnx").write_bytes(b"x")
     e2e = {"mean_psnr_db": 40.0, "ort_cpu_variants": {"mean_psnr_db": 40.0, "judge": {"max_drop_points": MAX_JUDGE_DROP + 1}}}
-    assert not _variants_pass(e2e)
-    assert _variants_pass({"ort_cpu_variants": {"mean_psnr_db": MIN_PSNR_DB, "judge": {"max_drop_points": 0.0}}})
-    assert not _variants_pass({"ort_cpu_variants": {"mean_psnr_db": MIN_PSNR_DB - 1, "judge": None}})
+    assert not variants_pass(e2e, targets)
+    # the portable files' own figures do not decide it, only the variants'
+    assert variants_pass({"mean_psnr_db": 0.0, "ort_cpu_variants": {"mean_psnr_db": MIN_PSNR_DB, "judge": {"max_drop_points": 0.0}}}, targets)
+    assert not variants_pass({"mean_psnr_db": 50.0, "ort_cpu_variants": {"mean_psnr_db": MIN_PSNR_DB - 1, "judge": None}}, targets)
     fit = {"calibration_error": {"out": 0.01}, "target_rel_rmse": 0.03, "target_met": True}
     report = {"end_to_end": e2e, "components": {
         "denoiser": {"ort_cpu_variant": {"file": "denoiser.int8.ort-cpu.onnx", "chosen": "dynamic"}, **fit},
