@@ -108,6 +108,32 @@ def test_teacher_warm_starts_from_a_compact_checkpoint(tmp_path: Path, tiny: tup
         warm_start(vae, {"text": torch.nn.Linear(1, 1)})
 
 
+def test_a_warm_start_can_grow_the_dit_deeper_without_changing_its_function(tiny: tuple) -> None:
+    """`--init` into a deeper config: the old blocks spread over the new depth, the fresh ones start
+    as identities (adaLN-zero gates), so the grown DiT gives the old one's velocity exactly."""
+    from dataclasses import replace
+
+    from edgegen.model.dit import DiT
+    from edgegen.model.train_dit import grow_blocks
+
+    cfg, _ = tiny
+    torch.manual_seed(0)
+    old = DiT(cfg)
+    with torch.no_grad():  # trained-looking weights: the zero-initialised gates and output too
+        for value in old.parameters():
+            value.add_(torch.randn_like(value) * 0.1)
+    deeper = DiT(replace(cfg, dit_depth=cfg.dit_depth + 3))
+    deeper.load_state_dict(grow_blocks(old.state_dict(), deeper))
+    B, T, C, (h, w), D = 2, 3, cfg.latent_channels, cfg.latent_size, cfg.dit_width
+    x, ctx = torch.randn(B, T, C, h, w), torch.randn(B, T, C, h, w)
+    t, text, pooled = torch.rand(B, T), torch.randn(B, cfg.max_len, D), torch.randn(B, D)
+    want = old.forward_train(x, t, ctx, text, pooled)
+    assert want.abs().mean() > 0.01
+    torch.testing.assert_close(deeper.forward_train(x, t, ctx, text, pooled), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="deeper, not shallower"):
+        grow_blocks(deeper.state_dict(), old)
+
+
 def test_late_clips_continue_the_stream(tiny: tuple) -> None:
     """A late clip is the same frames as the stream from its start, and its latents are the stream's
     latents from that chunk on (the encoder's state is the frame before the clip)."""

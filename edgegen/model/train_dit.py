@@ -216,8 +216,36 @@ def warm_start(path: Path, modules: dict[str, nn.Module]) -> None:
     if ck.kind not in ("teacher", "student") or not all(name in weights for name in modules):
         raise UserError(f"{path} is a {ck.kind} checkpoint without {', '.join(modules)} weights; pass a teacher checkpoint to --init")
     for name, module in modules.items():
-        module.load_state_dict({k: v.float() for k, v in weights[name].items()})
+        state = {k: v.float() for k, v in weights[name].items()}
+        if isinstance(module, DiT):
+            state = grow_blocks(state, module)
+        module.load_state_dict(state)
     log.info("warm start from %s (%s step %d): %s", path, ck.kind, ck.step, ", ".join(modules))
+
+
+def _depth(state: dict[str, torch.Tensor]) -> int:
+    return len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+
+
+def grow_blocks(state: dict[str, torch.Tensor], dit: DiT) -> dict[str, torch.Tensor]:
+    """`state` of a DiT with fewer blocks than `dit`, spread over `dit`'s depth (old block i becomes
+    block floor(i * new / old)), the blocks between keeping `dit`'s fresh weights. A fresh block's
+    adaLN-zero gates are 0, so it passes its input through: the grown DiT computes exactly what the
+    old one did, and training goes on from there with more capacity (a deeper model without a restart)."""
+    old, new = _depth(state), len(dit.blocks)
+    if old == new:
+        return state
+    if old > new:
+        raise UserError(f"the --init checkpoint's DiT has {old} blocks, the config {new}: a DiT can grow deeper, not shallower")
+    grown = {k: v for k, v in dit.state_dict().items()}
+    for key, value in state.items():
+        if key.startswith("blocks."):
+            _, i, rest = key.split(".", 2)
+            key = f"blocks.{int(i) * new // old}.{rest}"
+        grown[key] = value
+    log.info("DiT grown from %d to %d blocks (old blocks at %s; the others start as identities)",
+             old, new, ", ".join(str(i * new // old) for i in range(old)))
+    return grown
 
 
 def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
