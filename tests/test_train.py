@@ -350,3 +350,218 @@ def test_vae_decoder_fine_tune_keeps_the_encoder_and_swaps_into_a_model(tmp_path
     assert not (tmp_path / "refused.safetensors").exists()
     with pytest.raises(UserError, match="needs --init"):
         train_stage("vae", cfg, tuned_cfg, Run(out=tmp_path / "d", steps=1, progress=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input to `edgegen train`: one line, exit 2, nothing written
+
+
+def _train_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """(exit code, stderr) of `edgegen train ...` through the real entry point."""
+    from edgegen.cli import main
+
+    capsys.readouterr()
+    code = main(["train", *args, "--steps", "1", "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(code: int, err: str, *words: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("edgegen:")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("edgegen: error: "), err
+    assert "internal error" not in err and "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def _config_file(path: Path, edit) -> Path:
+    import json
+
+    from edgegen.model.config import config_path
+
+    data = json.loads(config_path("tiny").read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_cli_train_refuses_an_out_that_is_a_file_or_not_writable(tmp_path: Path, capsys, monkeypatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out in (afile, afile / "sub"):
+        _one_line_error(*_train_cli(capsys, "vae", "--config", "tiny", "--out", str(out)), str(afile), "not a folder")
+    assert afile.read_text() == "mine"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    import edgegen.model.train as train_module
+
+    monkeypatch.setattr(train_module.os, "access", lambda path, mode: Path(path) != locked)  # root ignores chmod
+    _one_line_error(*_train_cli(capsys, "vae", "--config", "tiny", "--out", str(locked / "run")), str(locked), "permission denied")
+    assert list(locked.iterdir()) == []
+    monkeypatch.undo()
+    from edgegen.errors import UserError
+    from edgegen.model.train import make_dir
+
+    monkeypatch.setattr(Path, "mkdir", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(UserError, match="you can write to"):
+        make_dir(tmp_path / "x")
+
+
+def test_cli_train_says_where_a_config_is_not_valid_json(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {\n  "height": 32,,\n}}')
+    _one_line_error(*_train_cli(capsys, "vae", "--config", str(bad), "--out", str(tmp_path / "run")), str(bad), "not valid JSON at line 2:16")
+    _one_line_error(*_train_cli(capsys, "vae", "--config", str(tmp_path / "missing.json")), "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("section", "key", "value", "words"), [
+    ("model", "width", 48, ["model.height and model.width must be equal"]),
+    ("model", "height", 0, ["model.height", ">= 8", "not 0"]),
+    ("model", "dit_depth", -1, ["model.dit_depth", ">= 1"]),
+    ("model", "dit_depth", 2.5, ["model.dit_depth", "whole number"]),
+    ("model", "text_heads", True, ["model.text_heads", "whole number"]),
+    ("model", "vae_enc_channels", [8, 16], ["model.vae_enc_channels", "a list of 3"]),
+    ("model", "patch", 3, ["model.height", "4 * model.patch"]),
+    ("train", "t_sampling", "gaussian", ["train.t_sampling", "'logit_normal', 'uniform'"]),
+    ("train", "text_dropout", 1.5, ["train.text_dropout", "<= 1"]),
+    ("train", "vae", {"lr": "fast"}, ["train.vae.lr", "a number > 0", '"fast"']),
+    ("train", "teacher", [1], ["train.teacher must be a JSON object"]),
+])
+def test_config_values_are_checked_before_any_folder_is_made(tmp_path: Path, capsys, section, key, value, words) -> None:
+    path = _config_file(tmp_path / "bad.json", lambda d: d[section].__setitem__(key, value))
+    with pytest.raises(UserError) as exc:
+        load_config(str(path))
+    for word in words:
+        assert word in str(exc.value)
+    out = tmp_path / "run"
+    _one_line_error(*_train_cli(capsys, "vae", "--config", str(path), "--out", str(out)), *words)
+    assert not out.exists()
+
+
+def test_unknown_config_keys_are_refused_with_the_closest_known_key(tmp_path: Path) -> None:
+    cases = [(lambda d: d.__setitem__("modle", {}), "'modle' (did you mean 'model'?)"),
+             (lambda d: d["model"].__setitem__("dit_dpeth", 4), "'model.dit_dpeth' (did you mean 'dit_depth'?)"),
+             (lambda d: d["train"].__setitem__("sede", 1), "'train.sede' (did you mean 'seed'?)"),
+             (lambda d: d["train"]["teacher"].__setitem__("lrr", 1), "'train.teacher.lrr' (did you mean 'lr'?)")]
+    for edit, words in cases:
+        with pytest.raises(UserError, match="unknown") as exc:
+            load_config(str(_config_file(tmp_path / "c.json", edit)))
+        assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def _shipped_configs() -> list[str]:
+    from edgegen.model.config import CONFIG_DIR
+
+    root = Path(__file__).resolve().parent.parent
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json")) + sorted(str(p) for p in (root / "experiments").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", _shipped_configs())
+def test_every_shipped_and_experiment_config_loads(name: str) -> None:
+    cfg, tcfg = load_config(name)
+    assert cfg.height == cfg.width and tcfg.teacher.steps >= 1
+
+
+def _fake_checkpoint(path: Path, cfg, kind: str, modules: tuple[str, ...] = ("vae", "text", "dit")) -> Path:
+    """A checkpoint of `kind` with fresh weights for `cfg` (no training needed)."""
+    from dataclasses import replace
+
+    from edgegen.model.checkpoint import save_checkpoint
+    from edgegen.model.dit import DiT
+    from edgegen.model.text import TextEncoder
+    from edgegen.model.vae import VAE
+
+    cfg = replace(cfg, vocab_size=cfg.vocab_size or 50)
+    make = {"vae": VAE, "text": TextEncoder, "dit": DiT}
+    return save_checkpoint(path, {m: make[m](cfg) for m in modules}, cfg, 1, kind=kind)
+
+
+def test_resume_with_another_config_says_so(tmp_path: Path, tiny: tuple) -> None:
+    from dataclasses import replace
+
+    cfg, tcfg = tiny
+    _run(tmp_path, "vae", tiny, 1)
+    wider = replace(cfg, vae_enc_channels=(8, 16, 32))
+    with pytest.raises(UserError, match=r"checkpoint in .*vae was made with a different config \(vae_enc_channels.*use another --out or the matching --config"):
+        train_stage("vae", wider, tcfg, Run(out=tmp_path, steps=2, resume=True, progress=False))
+    _fake_checkpoint(tmp_path / "teacher" / "last.safetensors", cfg, "teacher")
+    with pytest.raises(UserError, match=r"different config \(dit_width"):
+        train_stage("teacher", replace(cfg, dit_width=64), tcfg, Run(out=tmp_path, steps=2, resume=True, progress=False))
+    assert not (tmp_path / "latents.npz").exists()  # refused before any latents were encoded
+
+
+def test_loading_weights_of_other_shapes_is_one_line(tiny: tuple) -> None:
+    """The safety net under every resume: a state dict that does not fit names the tensor, no RuntimeError."""
+    from dataclasses import replace
+
+    from edgegen.model.checkpoint import load_weights
+    from edgegen.model.vae import VAE
+
+    cfg, _ = tiny
+    small, wide = VAE(cfg), VAE(replace(cfg, vae_enc_channels=(8, 16, 32)))
+    with pytest.raises(UserError, match=r"made elsewhere \(encoder\..* is \(.*\), the config makes"):
+        load_weights(wide, small.state_dict(), "made elsewhere")
+    with pytest.raises(UserError, match="no weights"):
+        load_weights(wide, None, "made elsewhere")
+    load_weights(small, VAE(cfg).state_dict(), "fits")
+
+
+def test_init_with_another_config_is_one_line_but_a_deeper_dit_still_grows(tmp_path: Path, tiny: tuple) -> None:
+    from dataclasses import replace
+
+    from edgegen.model.dit import DiT
+    from edgegen.model.train import warm_start_vae
+    from edgegen.model.train_dit import warm_start
+    from edgegen.model.vae import VAE
+
+    cfg, _ = tiny
+    teacher = _fake_checkpoint(tmp_path / "t.safetensors", cfg, "teacher")
+    warm_start(teacher, {"dit": DiT(replace(cfg, dit_depth=cfg.dit_depth + 2))})  # supported: grows
+    with pytest.raises(UserError, match=r"--init checkpoint .* was made with a different config.*\[dit\]"):
+        warm_start(teacher, {"dit": DiT(replace(cfg, dit_width=64))})
+    vae = _fake_checkpoint(tmp_path / "v.safetensors", cfg, "vae", ("vae",))
+    other = replace(cfg, vae_dec_channels=(16, 16, 16))
+    with pytest.raises(UserError, match=r"--init checkpoint .* different VAE config"):
+        warm_start_vae(vae, VAE(other), other)
+
+
+def test_a_second_run_of_a_stage_needs_resume_or_force(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Never silently over another run of the same stage; --force starts over, its checkpoint still
+    replaced atomically; other stages in the same folder are unaffected (teacher after vae)."""
+    import json
+
+    out = str(tmp_path)
+    last = tmp_path / "vae" / "last.safetensors"
+    assert _train_cli(capsys, "vae", "--config", "tiny", "--out", out)[0] == 0
+    before = last.read_bytes()
+    _one_line_error(*_train_cli(capsys, "vae", "--config", "tiny", "--out", out),
+                    f"{tmp_path / 'vae'} already holds a vae run; pass --resume to continue it or --force to start over")
+    assert last.read_bytes() == before
+    _one_line_error(*_train_cli(capsys, "vae", "--config", "tiny", "--out", out, "--force", "--resume"), "--resume", "--force")
+
+    import safetensors.torch
+
+    def broken(tensors, filename, metadata=None):  # dies half way through writing the new checkpoint
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    monkeypatch.setattr("edgegen.model.checkpoint.save_file", broken)
+    assert _train_cli(capsys, "vae", "--config", "tiny", "--out", out, "--force")[0] == 1
+    assert last.read_bytes() == before and not list(last.parent.glob("*.partial"))
+    monkeypatch.undo()
+
+    assert _train_cli(capsys, "vae", "--config", "tiny", "--out", out, "--force")[0] == 0
+    logged = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1]  # the old run's log went with it
+    assert _train_cli(capsys, "teacher", "--config", "tiny", "--out", out)[0] == 0  # another stage: no refusal
+    assert (tmp_path / "teacher" / "last.safetensors").exists()
+
+
+def test_cli_train_without_torch_says_how_to_install_it(tmp_path: Path, capsys, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    code, err = _train_cli(capsys, "vae", "--config", "tiny", "--out", str(tmp_path / "run"))
+    _one_line_error(code, err, "training needs PyTorch", "pip install torch==2.13.0 && pip install 'edgegen[train]'")
+    assert not (tmp_path / "run").exists()

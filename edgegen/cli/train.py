@@ -2,7 +2,8 @@
 
 Stages build on each other: the teacher needs `<out>/vae/last.safetensors` (or `--vae`), the
 student needs `<out>/teacher/last.safetensors` (or `--teacher`). `--minutes` bounds one
-invocation's wall clock; `--resume` continues exactly where the last checkpoint left off.
+invocation's wall clock; `--resume` continues exactly where the last checkpoint left off. A stage
+folder that already holds a run is never overwritten silently: pass `--resume` or `--force`.
 `--steps` is where to stop; the learning-rate schedule always spans the config's `steps`.
 
     edgegen train vae     --config default --minutes 60 [--resume]   # -> runs/default/vae/
@@ -34,6 +35,7 @@ def train(
     config: str = typer.Option("default", "--config", "-c", help="Config name in edgegen/configs (default, tiny, large) or a .json path."),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/<config name>); the stage writes <out>/<stage>/."),
     resume: bool = typer.Option(False, "--resume", help="Continue from <out>/<stage>/last.safetensors."),
+    force: bool = typer.Option(False, "--force", help="Start the stage over even if <out>/<stage>/ holds a run (its checkpoint is replaced at the first save, its log now)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     steps: int = typer.Option(None, "--steps", min=1, help="Stop at this total step count (default: the config's horizon)."),
     minutes: float = typer.Option(None, "--minutes", min=0.0, help="Stop after this many minutes of wall clock (checkpoint saved)."),
@@ -44,6 +46,7 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs still written)."),
 ) -> None:
     """Train one stage; checkpoints go to <out>/<stage>/last.safetensors, losses to log.jsonl."""
+    require_torch("training")
     import torch
 
     from edgegen.model.config import load_config
@@ -57,10 +60,22 @@ def train(
         torch.set_num_threads(threads)
     cfg, tcfg = load_config(config)
     out = out or Path("runs") / Path(config).stem
-    run = Run(out=out, device=device, steps=steps, minutes=minutes, resume=resume,
+    run = Run(out=out, device=device, steps=steps, minutes=minutes, resume=resume, force=force,
               progress=not no_progress, vae=vae, teacher=teacher, init=init)
     path = train_stage(stage.value, cfg, tcfg, run)
     log.info("wrote %s", path)
+
+
+TORCH_INSTALL = "pip install torch==2.13.0 && pip install 'edgegen[train]'"
+
+
+def require_torch(what: str) -> None:
+    """One line (a UserError, exit 2) saying how to install PyTorch and the train extra if `what` cannot import them."""
+    for module in ("torch", "safetensors"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"{what} needs PyTorch and the train extra ({module} is not installed): {TORCH_INSTALL}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -143,6 +143,41 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
+def read_config(path: str | Path) -> ModelConfig:
+    """The `ModelConfig` of a checkpoint from its metadata alone (no tensors read)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise UserError(f"{path} is not an edgegen checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    return ModelConfig.from_dict(json.loads(meta["config"]))
+
+
+def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor] | None) -> str | None:
+    """What keeps `state` from loading into `module` (the first differing tensor), or None if it fits."""
+    if state is None:
+        return "no weights for it"
+    own = module.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            return f"{key} missing"
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"{key} is {tuple(state[key].shape)}, the config makes {tuple(value.shape)}"
+    extra = sorted(set(state) - set(own))
+    return f"{extra[0]} is not in the config's model" if extra else None
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor] | None, mismatch: str) -> None:
+    """`module.load_state_dict(state)`, or a UserError: `mismatch` (what is wrong and what to do) and the first differing tensor."""
+    problem = state_mismatch(module, state)
+    if problem is not None:
+        raise UserError(f"{mismatch} ({problem})")
+    module.load_state_dict(state)  # type: ignore[arg-type]
+
+
 def ship_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """The shipped form of a trained checkpoint: EMA weights only, fp16, no optimizer or RNG."""
     ck = load_checkpoint(src)

@@ -8,7 +8,10 @@ normalisation, sampler numbers); `TrainConfig` is only how to train them and is 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, data)
+        return _from_dict(cls, data, "model")
 
 
 @dataclass
@@ -144,22 +147,30 @@ class TrainConfig:
         data = dict(data)
         for stage in ("vae", "teacher", "student"):
             if stage in data:
-                data[stage] = _from_dict(StageConfig, data[stage])
-        return _from_dict(cls, data)
+                data[stage] = _from_dict(StageConfig, data[stage], f"train.{stage}")
+        return _from_dict(cls, data, "train")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"{where or cls.__name__} must be a JSON object {{...}}, not {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(fields)}")
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise UserError(f"unknown key {key!r}{_did_you_mean(unknown[0], fields)}; remove it or use one of: {', '.join(sorted(fields))}")
     kwargs = {}
     for k, v in data.items():
         kwargs[k] = tuple(v) if isinstance(v, list) else v
     return cls(**kwargs)
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def config_path(name: str) -> Path:
@@ -167,6 +178,8 @@ def config_path(name: str) -> Path:
     path = Path(name)
     if path.suffix == ".json" and path.exists():
         return path
+    if path.suffix == ".json" or len(path.parts) > 1:
+        raise UserError(f"config file {path} does not exist; pass a .json file that exists or a config name")
     path = CONFIG_DIR / f"{name}.json"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -174,8 +187,147 @@ def config_path(name: str) -> Path:
     return path
 
 
+SECTIONS = ("model", "train")
+
+
 def load_config(name: str) -> tuple[ModelConfig, TrainConfig]:
-    data = json.loads(config_path(name).read_text())
-    model = ModelConfig.from_dict(data.get("model", {}))
-    train = TrainConfig.from_dict(data.get("train", {}))
+    """The checked configs in a config file: one line naming the key and what it may be if any is wrong."""
+    path = config_path(name)
+    data = _read_json(path)
+    try:
+        if not isinstance(data, dict):
+            raise UserError(f"the file must hold a JSON object {{\"model\": {{...}}, \"train\": {{...}}}}, not {type(data).__name__}")
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise UserError(f"unknown section {unknown[0]!r}{_did_you_mean(unknown[0], SECTIONS)}; a config has only {' and '.join(SECTIONS)}")
+        model = ModelConfig.from_dict(data.get("model", {}))
+        train = TrainConfig.from_dict(data.get("train", {}))
+        validate(model, train)
+    except UserError as exc:
+        raise UserError(f"config {path}: {exc}") from None
     return model, train
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config {path} ({exc}); pass a readable .json file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"config {path} is not valid JSON at line {exc.lineno}:{exc.colno} ({exc.msg}); fix the file") from None
+
+
+# ------------------------------------------------------------------------------------ validation
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ints(lo: int) -> Rule:
+    return (lambda v: _int(v) and v >= lo), f"a whole number >= {lo}"
+
+
+def _nums(lo: float, hi: float = math.inf, hi_open: bool = False) -> Rule:
+    def ok(v: Any) -> bool:
+        return _num(v) and v >= lo and (v < hi if hi_open else v <= hi)
+
+    top = "" if hi == math.inf else f" and {'<' if hi_open else '<='} {hi:g}"
+    return ok, f"a number >= {lo:g}{top}"
+
+
+def _positive() -> Rule:
+    return (lambda v: _num(v) and v > 0), "a number > 0"
+
+
+def _int_list(lo: int, length: int | None = None) -> Rule:
+    def ok(v: Any) -> bool:
+        return isinstance(v, tuple) and all(_int(x) and x >= lo for x in v) and (len(v) == length if length else len(v) > 0)
+
+    size = f"a list of {length}" if length else "a non-empty list of"
+    return ok, f"{size} whole numbers >= {lo}"
+
+
+def _float_list() -> Rule:
+    return (lambda v: isinstance(v, tuple) and all(_num(x) for x in v)), "a list of numbers"
+
+
+def _one_of(*allowed: Any) -> Rule:
+    return (lambda v: v in allowed and type(v) is type(allowed[0])), f"one of {', '.join(map(repr, allowed))}"
+
+
+_BOOL: Rule = (lambda v: isinstance(v, bool)), "true or false"
+_STR: Rule = (lambda v: isinstance(v, str) and bool(v)), "a non-empty string"
+_PROB = _nums(0.0, 1.0)
+
+MODEL_RULES: dict[str, Rule] = {
+    "name": _STR, "height": _ints(8), "width": _ints(8), "chunk_frames": _ints(1), "fps": _ints(1),
+    "latent_channels": _ints(1), "vae_enc_channels": _int_list(1, 3), "vae_enc_blocks": _int_list(0, 3),
+    "vae_dec_channels": _int_list(1, 3), "vae_dec_blocks": _int_list(0, 3),
+    "latent_mean": _float_list(), "latent_std": _float_list(),
+    "vocab_size": _ints(0), "max_len": _ints(1), "text_width": _ints(1), "text_depth": _ints(1), "text_heads": _ints(1),
+    "patch": _ints(1), "dit_width": _ints(4), "dit_depth": _ints(1), "dit_heads": _ints(1), "mlp_ratio": _positive(),
+    "window": _ints(1), "shift": _positive(), "t_ctx": _nums(0.0, 1.0, hi_open=True), "teacher_steps": _ints(1),
+    "guidance": _nums(0.0), "student_steps": _int_list(1), "default_steps": _ints(1),
+}
+STAGE_RULES: dict[str, Rule] = {
+    "batch": _ints(1), "lr": _positive(), "warmup": _ints(0), "steps": _ints(1), "weight_decay": _nums(0.0),
+    "ema": _PROB, "grad_clip": _nums(0.0), "ckpt_every": _ints(1), "log_every": _ints(1), "eval_every": _ints(0),
+}
+TRAIN_RULES: dict[str, Rule] = {
+    "seed": _ints(0), "clip_chunks": _ints(1), "pool_clips": _ints(1), "pool_refresh": _ints(0),
+    "captions_per_clip": _ints(1), "eval_clips": _ints(1),
+    "vae_l2": _nums(0.0), "vae_edge": _nums(0.0), "vae_latent_l2": _nums(0.0), "vae_latent_noise": _nums(0.0),
+    "vae_motion": _nums(0.0), "vae_motion_loss": _one_of("l2", "l1"), "vae_freeze_encoder": _BOOL,
+    "text_dropout": _PROB, "ctx_noise_prob": _PROB, "ctx_noise_max": _PROB, "ctx_noise_label": _BOOL,
+    "t_sampling": _one_of("logit_normal", "uniform"), "ctx_fade_prob": _PROB, "ctx_fade_min": _PROB,
+    "self_ctx_prob": _PROB, "self_ctx_tmin": _PROB, "self_ctx_tmax": _PROB,
+    "late_clips": _ints(0), "late_start_max": _ints(0), "late_batch": _ints(0), "first_batch": _ints(0),
+    "distill_pairs": _ints(1), "distill_random_t": _PROB,
+}
+
+
+def _check(obj: Any, rules: dict[str, Rule], where: str) -> None:
+    for f in dataclasses.fields(obj):
+        if f.name in rules:
+            ok, allowed = rules[f.name]
+            value = getattr(obj, f.name)
+            if not ok(value):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise UserError(f"{where}.{f.name} must be {allowed}, not {json.dumps(shown)}")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def validate(model: ModelConfig, train: TrainConfig) -> None:
+    """Refuse values the model or the training loop cannot run with; each message names the key."""
+    _check(model, MODEL_RULES, "model")
+    _check(train, TRAIN_RULES, "train")
+    for stage in ("vae", "teacher", "student"):
+        _check(getattr(train, stage), STAGE_RULES, f"train.{stage}")
+    m = model
+    _require(m.height == m.width, f"model.height and model.width must be equal (the world renders square clips), not {m.height} and {m.width}")
+    _require(m.height % (4 * m.patch) == 0 and m.height % 8 == 0,
+             f"model.height must be a multiple of 8 and of 4 * model.patch ({4 * m.patch}), not {m.height}")
+    _require(m.dit_width % 4 == 0 and m.dit_width % m.dit_heads == 0,
+             f"model.dit_width must be a multiple of 4 and of model.dit_heads ({m.dit_heads}), not {m.dit_width}")
+    _require(m.text_width % m.text_heads == 0, f"model.text_width must be a multiple of model.text_heads ({m.text_heads}), not {m.text_width}")
+    for key in ("latent_mean", "latent_std"):
+        n = len(getattr(m, key))
+        _require(n in (0, m.latent_channels), f"model.{key} must have model.latent_channels ({m.latent_channels}) numbers or none, not {n}")
+    _require(all(s > 0 for s in m.latent_std), "model.latent_std must be all > 0")
+    _require(train.self_ctx_tmin <= train.self_ctx_tmax,
+             f"train.self_ctx_tmin must be <= train.self_ctx_tmax, not {train.self_ctx_tmin} > {train.self_ctx_tmax}")
+    _require(train.vae.batch >= train.clip_chunks,
+             f"train.vae.batch counts chunks: it must be at least train.clip_chunks ({train.clip_chunks}), not {train.vae.batch}")

@@ -33,7 +33,7 @@ from edgegen.model.data import tokenizer_for
 from edgegen.model.dit import DiT
 from edgegen.model.pipeline import Model, rollout, times_for
 from edgegen.model.text import TextEncoder
-from edgegen.model.train import Run, fit
+from edgegen.model.train import DIT_ARCH, VAE_ARCH, Run, check_resume_config, fit
 from edgegen.model.train_dit import context
 from edgegen.model.vae import VAE
 
@@ -112,6 +112,9 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     if not teacher_path.exists():
         raise UserError(f"no teacher at {teacher_path}; run 'edgegen train teacher --config {cfg.name}' first or pass --teacher PATH")
     tcfg_cfg, modules = load_teacher(teacher_path)
+    last = run.out / "student" / "last.safetensors"
+    if run.resume and last.exists():  # before the rollouts: the student's weights must be its teacher's shapes
+        check_resume_config(last, tcfg_cfg, (*VAE_ARCH, *DIT_ARCH))
     # the student inherits the teacher's architecture; sampler numbers come from the current config
     cfg = replace(tcfg_cfg, **{f: getattr(cfg, f) for f in ("student_steps", "default_steps", "guidance", "teacher_steps", "shift", "t_ctx")})
     teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")

@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,7 +25,13 @@ import torch
 import torch.nn as nn
 
 from edgegen.errors import Interrupted, UserError
-from edgegen.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from edgegen.model.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_weights,
+    read_config,
+    save_checkpoint,
+)
 from edgegen.model.config import ModelConfig, StageConfig, TrainConfig
 from edgegen.model.data import heldout_clips, render_clips
 from edgegen.model.vae import VAE, psnr
@@ -43,6 +50,7 @@ class Run:
     steps: int | None = None  # stop at this total step (default: the config's horizon)
     minutes: float | None = None  # wall-clock budget of this invocation
     resume: bool = False
+    force: bool = False  # start the stage over even if out/<stage>/ holds a run (its log is replaced)
     progress: bool = True
     vae: Path | None = None  # teacher: the VAE checkpoint (default out/vae/last.safetensors)
     teacher: Path | None = None  # student: the teacher checkpoint (default out/teacher/last.safetensors)
@@ -91,7 +99,7 @@ def fit(
     s: StageConfig = getattr(tcfg, stage)
     frozen = frozen or {}
     stage_dir = run.out / stage
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(stage_dir)
     last = stage_dir / "last.safetensors"
     params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
     decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
@@ -109,11 +117,15 @@ def fit(
         ck = load_checkpoint(last)
         if ck.kind != stage or ck.optimizer is None:
             raise UserError(f"{last} is a {ck.kind} checkpoint without optimizer state; cannot resume {stage}")
+        other = f"the checkpoint in {stage_dir} was made with a different config; use another --out or the matching --config"
         for k, m in {**trainable, **frozen}.items():
-            m.load_state_dict(ck.model[k])
+            load_weights(m, ck.model.get(k), f"{other} [{k}]")
         for k, m in ema.items():
-            m.load_state_dict(ck.ema[k])
-        opt.load_state_dict(ck.optimizer)
+            load_weights(m, ck.ema.get(k), f"{other} [ema {k}]")
+        try:
+            opt.load_state_dict(ck.optimizer)
+        except (ValueError, KeyError, RuntimeError):
+            raise UserError(f"{other} (its optimizer state does not fit the weights this config trains)") from None
         if ck.rng_torch is not None:
             torch.set_rng_state(ck.rng_torch)
         if ck.rng_numpy is not None:
@@ -121,6 +133,8 @@ def fit(
         step = ck.step
         cfg = ck.config
         log.info("resumed %s at step %d from %s", stage, step, last)
+    else:
+        (stage_dir / "log.jsonl").unlink(missing_ok=True)  # a new run (--force): the old run's log goes with it
     target = run.steps if run.steps is not None else s.steps
     state = {"cfg": cfg}
 
@@ -181,6 +195,58 @@ def fit(
         bar.close()
     save()
     return last
+
+
+def make_dir(path: Path) -> None:
+    """`mkdir -p path`, or one line saying why not and what to do."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot create the folder {path}: a file is in the way; pass another --out") from None
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {path} ({exc.strerror}); pass an --out folder you can write to") from None
+
+
+def check_out(stage: str, run: Run) -> None:
+    """Before any work: the run folder can be written, and holds no run of `stage` unless resumed or forced."""
+    for path in (run.out, *run.out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"--out {run.out}: {path} is a file, not a folder; pass a folder for the run")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise UserError(f"cannot write to the folder {path} (permission denied); pass an --out folder you can write to")
+            break
+    stage_dir = run.out / stage
+    if stage_dir.exists() and (not stage_dir.is_dir() or not os.access(stage_dir, os.W_OK | os.X_OK)):
+        raise UserError(f"cannot write to {stage_dir}; pass an --out folder you can write to")
+    if run.resume and run.force:
+        raise UserError("--resume continues a run and --force starts it over: pass one of them")
+    if run.resume and not (stage_dir / "last.safetensors").exists():
+        raise UserError(f"nothing to resume: {stage_dir / 'last.safetensors'} does not exist; run without --resume first")
+    held = [stage_dir / n for n in ("last.safetensors", "log.jsonl") if (stage_dir / n).exists()]
+    if held and not run.resume and not run.force:
+        raise UserError(f"{stage_dir} already holds a {stage} run; pass --resume to continue it or --force to start over")
+
+
+# the config fields that decide the shapes of each stage's weights (a resumed run must match them)
+GEOMETRY = ("height", "width", "chunk_frames", "latent_channels")
+VAE_ARCH = (*GEOMETRY, "vae_enc_channels", "vae_enc_blocks", "vae_dec_channels", "vae_dec_blocks")
+DIT_ARCH = ("max_len", "text_width", "text_depth", "text_heads", "patch", "dit_width", "dit_depth", "dit_heads",
+            "mlp_ratio", "window")
+
+
+def check_resume_config(last: Path, cfg: ModelConfig, fields: tuple[str, ...]) -> None:
+    """Refuse early (before pools or rollouts are made) to resume a checkpoint made with another model config."""
+    saved = read_config(last)
+    differ = [f for f in fields if tuple(_listed(getattr(saved, f))) != tuple(_listed(getattr(cfg, f)))]
+    if differ:
+        f = differ[0]
+        raise UserError(f"the checkpoint in {last.parent} was made with a different config ({f} {getattr(saved, f)} there, "
+                        f"{getattr(cfg, f)} now); use another --out or the matching --config")
+
+
+def _listed(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
 def _log_line(stage_dir: Path, record: dict[str, Any]) -> None:
@@ -283,13 +349,20 @@ def vae_checkpoint(path: Path, cfg: ModelConfig) -> Checkpoint:
 def warm_start_vae(path: Path, vae: VAE, cfg: ModelConfig) -> ModelConfig:
     """Load the (EMA) VAE weights of any checkpoint that has a VAE into `vae`; `cfg` with its latent statistics."""
     ck = vae_checkpoint(path, cfg)
-    vae.load_state_dict({k: v.float() for k, v in ck.weights()["vae"].items()})
+    load_weights(vae, {k: v.float() for k, v in ck.weights()["vae"].items()},
+                 f"the --init checkpoint {path} was made with a different VAE config; pass one made with this --config")
     log.info("warm start from %s (%s step %d): vae", path, ck.kind, ck.step)
     return replace(cfg, latent_mean=ck.config.latent_mean, latent_std=ck.config.latent_std)
 
 
 def train_stage(stage: str, cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     """Dispatch one stage by name (the CLI's entry)."""
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    check_out(stage, run)
+    last = run.out / stage / "last.safetensors"
+    if run.resume and last.exists() and stage != "student":  # the student's shapes are its teacher's (distill checks)
+        check_resume_config(last, cfg, VAE_ARCH if stage == "vae" else (*GEOMETRY, *DIT_ARCH))
     if stage == "vae":
         return train_vae(cfg, tcfg, run)
     if stage == "teacher":

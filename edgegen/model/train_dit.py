@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgegen.errors import UserError
-from edgegen.model.checkpoint import load_checkpoint
+from edgegen.model.checkpoint import load_checkpoint, load_weights
 from edgegen.model.config import ModelConfig, TrainConfig
 from edgegen.model.data import LatentPool, pool_key, render_clips, tokenizer_for
 from edgegen.model.dit import DiT
@@ -215,11 +215,12 @@ def warm_start(path: Path, modules: dict[str, nn.Module]) -> None:
     weights = ck.weights()
     if ck.kind not in ("teacher", "student") or not all(name in weights for name in modules):
         raise UserError(f"{path} is a {ck.kind} checkpoint without {', '.join(modules)} weights; pass a teacher checkpoint to --init")
+    other = f"the --init checkpoint {path} was made with a different config; pass one made with this --config (only a deeper DiT is supported)"
     for name, module in modules.items():
         state = {k: v.float() for k, v in weights[name].items()}
         if isinstance(module, DiT):
             state = grow_blocks(state, module)
-        module.load_state_dict(state)
+        load_weights(module, state, f"{other} [{name}]")
     log.info("warm start from %s (%s step %d): %s", path, ck.kind, ck.step, ", ".join(modules))
 
 
