@@ -3,17 +3,24 @@
 Every file edgegen writes for a user or a cache (manifests, ONNX, checkpoints, engines, reports,
 captured calibration data) goes through `atomic_path`: the data lands in a temporary file beside
 the target, is flushed to disk, and is renamed over the target only when writing succeeded. On any
-failure, Ctrl-C included, the temporary file is removed and the target is untouched.
+failure, Ctrl-C included, the temporary file is removed and the target is untouched. Only a
+SIGKILL or a power cut can leave a temporary behind; the next write of the same target removes
+those older than `STALE_AFTER_S` (younger ones may belong to a writer still at work).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 3600.0
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import: what a plain open() would give a new file
 
@@ -22,6 +29,7 @@ os.umask(_UMASK)  # read once, at import: what a plain open() would give a new f
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` if the block succeeds."""
     target = Path(path)
+    remove_stale_temps(target)
     temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         yield temp
@@ -33,6 +41,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(target: Path, older_than_s: float = STALE_AFTER_S) -> None:
+    """Remove temporaries of `target` that a killed writer left behind (`older_than_s` or older)."""
+    cutoff = time.time() - older_than_s
+    for temp in target.parent.glob(f".{target.name}.*.partial"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove: leave it
+            if temp.stat().st_mtime < cutoff:
+                temp.unlink()
+                log.debug("removed %s, left by an interrupted write", temp)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

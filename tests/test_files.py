@@ -54,3 +54,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_temp_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    import os
+    import time
+
+    target = tmp_path / "engine.bin"
+    old = tmp_path / ".engine.bin.0badf00d.partial"  # what a SIGKILL mid-write leaves
+    young = tmp_path / ".engine.bin.12345678.partial"  # a writer that may still be at work
+    other = tmp_path / ".other.bin.0badf00d.partial"  # another target's: not this write's business
+    for temp in (old, young, other):
+        temp.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    for temp in (old, other):
+        os.utime(temp, (two_hours_ago, two_hours_ago))
+    atomic_write_text(target, "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, young.name, other.name])
