@@ -1,18 +1,23 @@
 """Compiled TensorRT engines are a cache, not content.
 
 An engine is valid only for the exact ONNX it was built from, the input shapes of its
-optimization profile, the TensorRT version, the GPU (name and compute capability) and the builder
-settings. `EngineSpec` holds all of those; its `key()` (a hash of them) names the files:
+optimization profile, the TensorRT version, the GPU and the builder settings. `EngineSpec` holds
+all of those: the sha256 of the ONNX bytes on disk (external data included), the profile, the
+TensorRT version, the GPU's name, compute capability, SM count and total memory (boards such as
+the Jetson Orin Nano, NX and AGX all report "Orin", sm 8.7), the builder settings, and
+`BUILD_RECIPE`, the version of how `build_plan` builds. Its `key()` (a hash of them) names the files:
 
-    $EDGEGEN_CACHE_DIR/denoiser.fp16.<key>.plan   the serialized engine
-    $EDGEGEN_CACHE_DIR/denoiser.fp16.<key>.json   the sidecar: every key field + the plan's size and sha256
+    <cache>/denoiser.fp16.<key>.plan   the serialized engine
+    <cache>/denoiser.fp16.<key>.json   the sidecar: every key field + the plan's size and sha256
 
-Before a plan is handed to TensorRT, `EngineCache.load` checks the sidecar against the spec of the
-current environment and the plan's size and sha256 against the sidecar, so an engine from another
-GPU or TensorRT version, a truncated or corrupted file, or an engine built from another bundle is
-reported in one line and rebuilt, never deserialized. Writes go to a temporary file that is
-renamed into place (readers never see half a plan), and builds of one key are serialized by a
-lock file, so concurrent `edgegen build`/`generate` processes do the work once.
+where <cache> is `default_cache_dir()`. Before a plan is handed to TensorRT, `EngineCache.load`
+checks the sidecar against the spec of the current environment and the plan's size and sha256
+against the sidecar, so an engine recorded for another GPU, TensorRT version, recipe or ONNX, or a
+truncated or corrupted file, is reported in one line and rebuilt, never deserialized. These are
+edgegen's checks of what it recorded; TensorRT checks its own compatibility when it deserializes.
+Writes go to a temporary file that is renamed into place (readers never see half a plan), and
+builds of one key are serialized by a lock file, so concurrent `edgegen build`/`generate`
+processes do the work once.
 
 Pure Python: the TensorRT facts (version, GPU) come in as a `TrtEnvironment`, so all of this is
 tested without TensorRT or a GPU.
@@ -21,6 +26,7 @@ tested without TensorRT or a GPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edgegen.bundle import sha256_file
+from edgegen.errors import BundleError
 from edgegen.files import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -39,7 +47,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EDGEGEN_CACHE_DIR"
+CACHE_ENV = "EDGEGEN_CACHE_DIR"  # the engine folder itself
+CACHE_ROOT_ENV = "EDGEGEN_CACHE"  # every edgegen cache (calibration captures too); engines in its engines/
+# Bump whenever build_plan changes how an engine is built (network flags, builder settings it sets,
+# profile rules): engines built by an older recipe are then rebuilt, not reused.
+BUILD_RECIPE = 1
 SIDECAR_KIND = "edgegen.engine"
 SIDECAR_VERSION = 1
 MIB = 1 << 20
@@ -51,9 +63,12 @@ Shape = tuple[int, ...]
 
 
 def default_cache_dir() -> Path:
-    """$EDGEGEN_CACHE_DIR, else $XDG_CACHE_HOME/edgegen/engines, else ~/.cache/edgegen/engines."""
+    """$EDGEGEN_CACHE_DIR, else $EDGEGEN_CACHE/engines, else $XDG_CACHE_HOME/edgegen/engines,
+    else ~/.cache/edgegen/engines. ($EDGEGEN_CACHE is the root the calibration cache uses too.)"""
     if env := os.environ.get(CACHE_ENV):
         return Path(env).expanduser()
+    if root := os.environ.get(CACHE_ROOT_ENV):
+        return Path(root).expanduser() / "engines"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "edgegen" / "engines"
 
@@ -69,6 +84,8 @@ class TrtEnvironment:
     tensorrt: str  # trt.__version__, e.g. "10.3.0"
     gpu: str  # device name, e.g. "Orin" or "NVIDIA GeForce RTX 4070"
     compute_capability: str  # "8.7"
+    multiprocessors: int = 0  # SM count (0: unknown)
+    total_memory: int = 0  # bytes, as the driver reports (Jetson: the shared memory)
 
 
 @dataclass(frozen=True)
@@ -108,17 +125,37 @@ def profile_from_entry(entry: ComponentEntry, batch: tuple[int, int, int] = (1, 
 
 
 def onnx_digest(bundle: Bundle, entry: ComponentEntry) -> str:
-    """The sha256 identifying a component's ONNX: the manifest's hash of the file, plus its external data.
+    """The sha256 of the bytes TensorRT will parse: the component's .onnx file plus its external data.
 
-    External-data files are the manifest files named `<file>.<anything>` (torch's exporter writes
-    `denoiser.onnx.data`); with none, this is exactly the manifest's sha256 of the .onnx file.
+    Hashed from the files on disk (not read from the manifest), so the key follows what the builder
+    reads even for a bundle loaded with `verify_files=False`; a file whose bytes differ from the
+    manifest's record is a BundleError. External-data files are the manifest files named
+    `<file>.<anything>` (torch's exporter writes `denoiser.onnx.data`); with none, this is the
+    sha256 of the .onnx file, which equals the manifest's.
     """
     files = bundle.manifest["files"]
-    companions = sorted(n for n in files if n.startswith(entry.file + "."))
-    if not companions:
-        return bundle.file_sha256(entry.file)
-    lines = [f"{n}:{bundle.file_sha256(n)}" for n in [entry.file, *companions]]
+    names = [entry.file, *sorted(n for n in files if n.startswith(entry.file + "."))]
+    digests = {name: _disk_sha256(bundle.file(name)) for name in names}
+    for name, digest in digests.items():
+        if digest != bundle.file_sha256(name):
+            raise BundleError(
+                f"{bundle.file(name)} does not match its sha256 in the manifest: the file was changed; re-export the bundle"
+            )
+    if len(names) == 1:
+        return digests[entry.file]
+    lines = [f"{n}:{digests[n]}" for n in names]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _disk_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime, inode) so a process hashes each version once."""
+    st = path.stat()
+    return _sha256_of_version(str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of_version(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(path)
 
 
 @dataclass(frozen=True)
@@ -169,7 +206,10 @@ class EngineSpec:
             "tensorrt": self.env.tensorrt,
             "gpu": self.env.gpu,
             "compute_capability": self.env.compute_capability,
+            "multiprocessors": self.env.multiprocessors,
+            "gpu_memory_bytes": self.env.total_memory,
             "settings": asdict(self.settings),
+            "recipe": BUILD_RECIPE,
         }
 
     def key(self) -> str:
@@ -187,13 +227,12 @@ def explain_mismatch(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
             f"it was built from another {r.get('onnx_file')} (sha256 {str(r.get('onnx_sha256'))[:12]}…); "
             f"this bundle's {w['onnx_file']} is {w['onnx_sha256'][:12]}…"
         )
+    if r.get("recipe") != w["recipe"]:
+        return f"it was built by edgegen's engine recipe {r.get('recipe', 0)}; this edgegen builds with recipe {w['recipe']}"
     if r.get("tensorrt") != w["tensorrt"]:
         return f"it was built with TensorRT {r.get('tensorrt')}; this is TensorRT {w['tensorrt']}"
-    if (r.get("gpu"), r.get("compute_capability")) != (w["gpu"], w["compute_capability"]):
-        return (
-            f"it was built for {r.get('gpu')} (sm {r.get('compute_capability')}); "
-            f"this GPU is {w['gpu']} (sm {w['compute_capability']})"
-        )
+    if any(r.get(k) != w[k] for k in _GPU_FIELDS):
+        return f"it was built for {_fields_device_text(r)}; this GPU is {_fields_device_text(w)}"
     if r.get("profile") != w["profile"]:
         return f"it was built for input shapes {_shapes(r.get('profile'))}; these are {_shapes(w['profile'])}"
     if r.get("settings") != w["settings"]:
@@ -202,6 +241,22 @@ def explain_mismatch(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
     if extra:
         return f"its sidecar has different fields ({', '.join(extra)})"
     return None
+
+
+_GPU_FIELDS = ("gpu", "compute_capability", "multiprocessors", "gpu_memory_bytes")
+
+
+def _device_text(gpu: Any, cc: Any, sms: Any, memory: Any) -> str:
+    extra = [f"sm {cc}"]
+    if isinstance(sms, int) and sms:
+        extra.append(f"{sms} SMs")
+    if isinstance(memory, int) and memory:
+        extra.append(f"{memory / (1 << 30):.1f} GiB")
+    return f"{gpu} ({', '.join(extra)})"
+
+
+def _fields_device_text(fields: Mapping[str, Any]) -> str:
+    return _device_text(*(fields.get(k) for k in _GPU_FIELDS))
 
 
 def _shapes(profile: Any) -> str:
@@ -304,7 +359,8 @@ class EngineCache:
 
     def timing_cache_path(self, env: TrtEnvironment) -> Path:
         """TensorRT's timing cache, one per TensorRT version and GPU (it is only valid for those)."""
-        return self.root / f"timing.{slug(env.tensorrt)}.{slug(env.gpu)}.sm{slug(env.compute_capability)}.cache"
+        gpu = f"{slug(env.gpu)}.sm{slug(env.compute_capability)}.{env.multiprocessors}sms"
+        return self.root / f"timing.{slug(env.tensorrt)}.{gpu}.cache"
 
     def read_timing_cache(self, env: TrtEnvironment) -> bytes:
         path = self.timing_cache_path(env)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import signal
 import subprocess
 import sys
 import types
@@ -24,7 +25,7 @@ from edgegen.runtime.backends import device, ort_cuda, trt_rtx
 from edgegen.runtime.backends import tensorrt as trt_backend
 from edgegen.runtime.backends.device import GpuInfo, check_feed, probe_gpu
 
-ORIN = GpuInfo(0, "Orin", (8, 7), 8 << 30, 12060)
+ORIN = GpuInfo(0, "Orin", (8, 7), 8 << 30, 12060, 8)
 RTX_4070 = GpuInfo(0, "NVIDIA GeForce RTX 4070", (8, 9), 12 << 30, 12080)
 RTX_3060 = GpuInfo(0, "NVIDIA GeForce RTX 3060", (8, 6), 12 << 30, 12080)
 H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), 80 << 30, 12080)
@@ -74,7 +75,7 @@ def test_tensorrt_too_old_no_cuda_python_no_gpu_then_ok(monkeypatch: pytest.Monk
     fake.__version__ = "10.3.0"
     monkeypatch.setattr(trt_backend, "import_cudart", _missing("cuda"))
     ok, why = trt_backend.TensorRTBackend().available()
-    assert not ok and "pip install cuda-python" in why
+    assert not ok and 'pip install "cuda-python>=12.6,<13"' in why
 
     monkeypatch.setattr(trt_backend, "import_cudart", lambda: object())
     _gpu(monkeypatch, trt_backend, None)
@@ -84,10 +85,20 @@ def test_tensorrt_too_old_no_cuda_python_no_gpu_then_ok(monkeypatch: pytest.Monk
     _gpu(monkeypatch, trt_backend, ORIN)
     backend = trt_backend.TensorRTBackend()
     assert backend.available() == (True, "TensorRT 10.3.0 on Orin (sm 8.7)")
-    assert backend.precisions == ("int8", "fp16", "fp32")  # Orin: no FP8 tensor cores
-    assert backend.environment() == trt_backend.TrtEnvironment("10.3.0", "Orin", "8.7")
+    # fp16 first: int8/fp8 bundles are Q/DQ on the fp32 graph, and no order has been measured on a GPU.
+    assert backend.precisions == ("fp16", "int8", "fp32")  # Orin: no FP8 tensor cores
+    assert backend.environment() == trt_backend.TrtEnvironment("10.3.0", "Orin", "8.7", multiprocessors=8, total_memory=8 << 30)
     _gpu(monkeypatch, trt_backend, RTX_4070)
-    assert trt_backend.TensorRTBackend().precisions == ("fp8", "int8", "fp16", "fp32")
+    assert trt_backend.TensorRTBackend().precisions == ("fp16", "int8", "fp8", "fp32")
+
+
+def test_cuda_python_pin_is_the_same_in_the_extra_and_the_hints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda-python 13 dropped cuda.cudart and targets CUDA 13 (JetPack 6 is 12.6): every hint pins < 13."""
+    tomllib = pytest.importorskip("tomllib")
+    extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tensorrt"]
+    assert trt_backend.CUDA_PYTHON_PIN == "cuda-python>=12.6,<13" and trt_backend.CUDA_PYTHON_PIN in extra
+    monkeypatch.setattr(trt_backend, "is_jetson", lambda: True)
+    assert f'pip install "{trt_backend.CUDA_PYTHON_PIN}"' in trt_backend.install_hint()
 
 
 def test_importing_the_backends_imports_no_gpu_library() -> None:
@@ -117,7 +128,12 @@ def test_ort_cuda_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ort_cuda, "is_jetson", lambda: False)
     _fake_ort(monkeypatch, ["CPUExecutionProvider"])
     ok, why = ort_cuda.OrtCudaBackend().available()
-    assert not ok and "CPU build" in why and "onnxruntime-gpu" in why and "pip uninstall onnxruntime" in why
+    assert not ok and "CPU build" in why
+    # docs/DEVICES.md's order: the extra first (it reinstalls onnxruntime), then swap the CPU module for the GPU one.
+    for hint in (why, backends.INSTALL_HINTS["ort-cuda"]):
+        steps = ['pip install "edgegen[gpu]"', "pip uninstall -y onnxruntime", "pip install --force-reinstall onnxruntime-gpu"]
+        assert all(step in hint for step in steps), hint
+        assert [hint.index(step) for step in steps] == sorted(hint.index(step) for step in steps), hint
     monkeypatch.setattr(ort_cuda, "is_jetson", lambda: True)
     assert "Jetson" in ort_cuda.OrtCudaBackend().available()[1]
 
@@ -160,7 +176,7 @@ def test_trt_rtx_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ok and "built in" in why and "RTX 3060 (sm 8.6)" in why
     assert trt_rtx.TrtRtxBackend().precisions == ("fp16", "fp32")  # no fp8 before sm 8.9, no int8 (weight-only there)
     _gpu(monkeypatch, trt_rtx, RTX_4070)
-    assert trt_rtx.TrtRtxBackend().precisions == ("fp8", "fp16", "fp32")
+    assert trt_rtx.TrtRtxBackend().precisions == ("fp16", "fp8", "fp32")  # fp8 bundles are Q/DQ on fp32: not ranked first
 
 
 def test_trt_rtx_plugin_needs_a_recent_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,7 +219,7 @@ class _FakeLibcuda:
         return 0
 
     def cuDeviceGetAttribute(self, out, attribute: int, dev) -> int:
-        out._obj.value = {75: 8, 76: 7}[attribute]
+        out._obj.value = {16: 8, 75: 8, 76: 7}[attribute]  # SM count, compute capability major, minor
         return 0
 
     def cuDriverGetVersion(self, out) -> int:
@@ -218,7 +234,7 @@ class _FakeLibcuda:
 def test_probe_gpu_reads_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device, "_load_libcuda", lambda: _FakeLibcuda())
     info, why = probe_gpu()
-    assert why == "" and info == GpuInfo(0, "Orin", (8, 7), 8 << 30, 12060) and info.sm == "8.7"
+    assert why == "" and info == GpuInfo(0, "Orin", (8, 7), 8 << 30, 12060, multiprocessors=8) and info.sm == "8.7"
     monkeypatch.setattr(device, "_load_libcuda", lambda: _FakeLibcuda(init_error=100))
     assert probe_gpu() == (None, "the NVIDIA driver is present but cuInit failed (CUresult 100): no usable GPU (check nvidia-smi)")
     monkeypatch.setattr(device, "_load_libcuda", lambda: _FakeLibcuda(count=0))
@@ -272,7 +288,8 @@ def test_build_without_tensorrt_is_one_line_and_exit_2(monkeypatch: pytest.Monke
 
 def test_build_with_another_backend_is_refused(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert main(["build", str(_bundle(tmp_path)), "--backend", "ort-cuda"]) == 2
-    assert "compiles when it loads" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tensorrt" in err and "when it loads" in err.replace("they load", "it loads")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here; the subprocess check is for machines without it")
@@ -429,6 +446,7 @@ def test_fake_libcuda_matches_ctypes_calling_convention() -> None:
 class _FakeCudart:
     class cudaError_t:  # cuda-python names
         cudaSuccess = 0
+        cudaErrorMemoryAllocation = 2
 
     class cudaMemcpyKind:
         cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
@@ -436,12 +454,20 @@ class _FakeCudart:
     class cudaStreamCaptureMode:
         cudaStreamCaptureModeThreadLocal = 1
 
-    def __init__(self) -> None:
+    def __init__(self, fail_alloc: int | None = None) -> None:
         self.memory: dict[int, ctypes.Array] = {}
         self.recording: list | None = None
         self.captures = self.launches = 0
+        self.allocs = 0
+        self.fail_alloc = fail_alloc  # the n-th allocation (device or pinned host, from 1) fails
+        self.devices: list[int] = []  # every cudaSetDevice
+        self.graphs: set[int] = set()  # captured graphs not destroyed yet
+        self.execs: set[int] = set()  # instantiated graphs not destroyed yet
 
     def _alloc(self, n: int):
+        self.allocs += 1
+        if self.allocs == self.fail_alloc:
+            return self.cudaError_t.cudaErrorMemoryAllocation, None
         buf = (ctypes.c_uint8 * n)()
         self.memory[ctypes.addressof(buf)] = buf
         return 0, ctypes.addressof(buf)
@@ -453,6 +479,10 @@ class _FakeCudart:
         return (0,)
 
     cudaFree = cudaFreeHost = _free
+
+    def cudaSetDevice(self, device: int):
+        self.devices.append(device)
+        return (0,)
 
     def cudaStreamCreate(self):
         return 0, 7
@@ -469,10 +499,21 @@ class _FakeCudart:
     def cudaStreamEndCapture(self, stream: int):
         ops, self.recording = self.recording, None
         self.captures += 1
+        self.graphs.add(id(ops))
         return 0, ops
 
+    def cudaGraphDestroy(self, graph: list):
+        self.graphs.remove(id(graph))
+        return (0,)
+
     def cudaGraphInstantiate(self, graph: list, flags: int):
-        return 0, list(graph)
+        exec_graph = list(graph)
+        self.execs.add(id(exec_graph))
+        return 0, exec_graph
+
+    def cudaGraphExecDestroy(self, exec_graph: list):
+        self.execs.remove(id(exec_graph))
+        return (0,)
 
     def cudaGraphLaunch(self, graph: list, stream: int):
         self.launches += 1
@@ -483,14 +524,14 @@ class _FakeCudart:
     def _ok(self, *args):
         return (0,)
 
-    cudaStreamSynchronize = cudaGraphDestroy = cudaGraphExecDestroy = cudaStreamDestroy = _ok
+    cudaStreamSynchronize = cudaStreamDestroy = _ok
 
 
 class _FakeContext:
     """y = 2x + 1, state_out = state + x on the bound addresses (read when the work runs, like a graph)."""
 
-    def __init__(self, cudart: _FakeCudart, fail_capture: bool) -> None:
-        self.cudart, self.fail_capture, self.addresses = cudart, fail_capture, {}
+    def __init__(self, cudart: _FakeCudart, fail_capture: bool, reject_address: str | None = None) -> None:
+        self.cudart, self.fail_capture, self.reject_address, self.addresses = cudart, fail_capture, reject_address, {}
 
     def set_input_shape(self, name: str, shape) -> bool:
         return tuple(shape) == (1, 4)
@@ -498,11 +539,15 @@ class _FakeContext:
     def get_tensor_shape(self, name: str):
         return (1, 4)
 
-    def set_tensor_address(self, name: str, address: int) -> None:
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        if name == self.reject_address:
+            return False  # TensorRT's answer to e.g. a misaligned address
         self.addresses[name] = address
+        return True
 
     def execute_async_v3(self, stream: int) -> bool:
         if self.cudart.recording is not None and self.fail_capture:
+            self.cudart.recording.append(lambda: None)  # some work was captured before TensorRT gave up
             return False
         a = dict(self.addresses)  # the addresses at enqueue time are what a graph bakes in
 
@@ -520,24 +565,32 @@ class _FakeContext:
         return True
 
 
-def _fake_trt_session(monkeypatch: pytest.MonkeyPatch, *, cuda_graph: bool, fail_capture: bool = False):
+def _fake_trt_session(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    cuda_graph: bool,
+    fail_capture: bool = False,
+    cudart: _FakeCudart | None = None,
+    reject_address: str | None = None,
+    device: int = 0,
+):
     from edgegen.bundle import ComponentEntry, TensorSpec
 
-    cudart = _FakeCudart()
+    cudart = cudart or _FakeCudart()
     names = ["x", "state", "y", "state_out"]
     engine = types.SimpleNamespace(
         num_io_tensors=4,
         get_tensor_name=lambda i: names[i],
         get_tensor_mode=lambda n: "in" if n in ("x", "state") else "out",
         get_tensor_dtype=lambda n: "f32",
-        create_execution_context=lambda: _FakeContext(cudart, fail_capture),
+        create_execution_context=lambda: _FakeContext(cudart, fail_capture, reject_address),
     )
     fake_trt = types.SimpleNamespace(__version__="10.3.0", TensorIOMode=types.SimpleNamespace(INPUT="in"), nptype=lambda dt: np.float32)
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake_trt)
     monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
     spec = lambda n: TensorSpec(n, "float32", ("batch", 4))  # noqa: E731
     entry = ComponentEntry("denoiser", "fp32", "tiny.onnx", (spec("x"), spec("state")), (spec("y"), spec("state_out")), 17)
-    session = trt_backend.TensorRTSession(trt_backend._EngineHandle(engine, None), entry, cuda_graph=cuda_graph)
+    session = trt_backend.TensorRTSession(trt_backend._EngineHandle(engine, None), entry, cuda_graph=cuda_graph, device=device)
     return session, cudart
 
 
@@ -549,6 +602,8 @@ def test_tensorrt_session_logic_on_fakes(monkeypatch: pytest.MonkeyPatch, cuda_g
     assert cudart.captures == (3 if cuda_graph else 0)
     assert cudart.launches == (4 if cuda_graph else 0)  # 6 bound steps, minus the first of each arrangement
     assert len(cudart.memory) == 2 * 4  # the run binding's buffers (device + pinned host); the stream's were freed
+    assert not cudart.graphs  # each captured graph destroyed once instantiated
+    assert len(cudart.execs) == (1 if cuda_graph else 0)  # the run binding's; the stream's two were destroyed
 
 
 def test_tensorrt_capture_failure_warns_once_and_still_computes(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -558,3 +613,179 @@ def test_tensorrt_capture_failure_warns_once_and_still_computes(monkeypatch: pyt
     assert cudart.launches == 0
     warnings = [r.getMessage() for r in caplog.records if "CUDA graph capture failed" in r.getMessage()]
     assert len(warnings) == 2  # once per binding (the run binding and the stream's), then uncaptured
+    assert cudart.captures == 2 and not cudart.graphs and not cudart.execs  # the partial graphs were destroyed
+
+
+@pytest.mark.parametrize("fail_alloc", [1, 2, 3, 8])
+def test_tensorrt_binding_frees_everything_when_an_allocation_fails(monkeypatch: pytest.MonkeyPatch, fail_alloc: int) -> None:
+    """2 allocations per tensor (device, pinned host): failing the 2nd is the case where _Buffer itself leaked."""
+    session, cudart = _fake_trt_session(monkeypatch, cuda_graph=True)
+    session_memory = dict(cudart.memory)
+    cudart.allocs, cudart.fail_alloc = 0, fail_alloc
+    with pytest.raises(trt_backend.CudaError, match="cudaMalloc"):
+        session.bind()
+    assert cudart.memory == session_memory  # nothing new is left allocated
+
+
+def test_tensorrt_rejected_tensor_address_is_an_error_and_frees(monkeypatch: pytest.MonkeyPatch) -> None:
+    cudart = _FakeCudart()
+    with pytest.raises(RuntimeError, match="rejected the device address of state_out for denoiser"):
+        _fake_trt_session(monkeypatch, cuda_graph=True, cudart=cudart, reject_address="state_out")
+    assert cudart.memory == {}
+
+
+def test_tensorrt_session_uses_its_device_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    session, cudart = _fake_trt_session(monkeypatch, cuda_graph=True, device=1)
+    _exercise(session)
+    assert cudart.devices and set(cudart.devices) == {1}
+
+
+# ---------------------------------------------------------------------------------------------
+# build_plan on a fake TensorRT: the control flow around the builder (not TensorRT itself)
+
+
+class _FakeConfig:
+    def __init__(self, profile_index: int) -> None:
+        self.profile_index = profile_index
+        self.attached: bytes | None = None
+        self.progress_monitor = None
+
+    def set_memory_pool_limit(self, pool, size: int) -> None:
+        self.workspace = size
+
+    def add_optimization_profile(self, profile) -> int:
+        return self.profile_index
+
+    def create_timing_cache(self, data: bytes):
+        if data.startswith(b"garbage"):
+            return None  # what TensorRT answers for bytes it cannot read
+        return types.SimpleNamespace(data=data)
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        if cache.data.startswith(b"other-gpu"):
+            return False
+        self.attached = cache.data
+        return True
+
+    def get_timing_cache(self):
+        return types.SimpleNamespace(serialize=lambda: self.attached + b"+new")
+
+
+class _FakeBuilder:
+    """Builds in 3 steps; `during` runs after the first (e.g. a Ctrl-C), `result` is the plan or None."""
+
+    def __init__(self, config: _FakeConfig, during=None, result: bytes | None = b"PLAN") -> None:
+        self.config, self.during, self.result = config, during, result
+        self.answers: list[bool] = []
+        self.unwound: BaseException | None = None
+
+    def create_network(self, flags: int):
+        return types.SimpleNamespace(
+            num_inputs=1, num_outputs=1,
+            get_input=lambda i: types.SimpleNamespace(name="x"), get_output=lambda i: types.SimpleNamespace(name="y"),
+        )
+
+    def create_builder_config(self) -> _FakeConfig:
+        return self.config
+
+    def create_optimization_profile(self):
+        return types.SimpleNamespace(set_shape=lambda *a: None)
+
+    def build_serialized_network(self, network, config: _FakeConfig):
+        monitor = config.progress_monitor
+        try:  # an exception here would have unwound through TensorRT's C++ frames
+            monitor.phase_start("Building", None, 3)
+            for i in range(3):
+                if i == 1 and self.during:
+                    self.during()
+                self.answers.append(monitor.step_complete("Building", i))
+                if not self.answers[-1]:
+                    return None  # TensorRT cancels the build
+            monitor.phase_finish("Building")
+        except BaseException as exc:
+            self.unwound = exc
+            raise
+        return self.result
+
+
+def _fake_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, builder: _FakeBuilder, **kwargs):
+    from test_engine_cache import ORIN, make_bundle
+
+    class IProgressMonitor:
+        def __init__(self) -> None:
+            pass
+
+    fake_trt = types.SimpleNamespace(
+        __version__="10.3.0",
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=0),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE=0),
+        IProgressMonitor=IProgressMonitor,
+        Builder=lambda logger: builder,
+        OnnxParser=lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: True),
+    )
+    cudart = _FakeCudart()
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
+    monkeypatch.setattr(trt_backend, "_LOGGER", object())
+    bundle = make_bundle(tmp_path / "bundle")
+    spec = trt_backend.EngineSpec.for_component(bundle, "text_encoder", "fp32", ORIN)
+    entry = bundle.component("fp32", "text_encoder")
+    result = trt_backend.build_plan(bundle.file(entry.file), entry, spec, kwargs.pop("timing", b""), kwargs.pop("progress", None), **kwargs)
+    return result, cudart
+
+
+def test_build_plan_builds_on_its_device_with_the_saved_timing_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    builder = _FakeBuilder(_FakeConfig(profile_index=0))
+    (plan, timing), cudart = _fake_build(monkeypatch, tmp_path, builder, timing=b"saved", device=1)
+    assert plan == b"PLAN" and timing == b"saved+new" and builder.answers == [True, True, True]
+    assert cudart.devices == [1]
+
+
+@pytest.mark.parametrize("saved", [b"garbage", b"other-gpu"])
+def test_build_plan_replaces_an_unusable_timing_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, saved: bytes
+) -> None:
+    builder = _FakeBuilder(_FakeConfig(profile_index=0))
+    with caplog.at_level("INFO"):
+        (plan, timing), _ = _fake_build(monkeypatch, tmp_path, builder, timing=saved)
+    assert plan == b"PLAN" and timing == b"+new"  # built on a fresh cache
+    assert "starting a fresh one" in caplog.text
+
+
+def test_build_plan_rejects_an_invalid_profile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    builder = _FakeBuilder(_FakeConfig(profile_index=-1))
+    with pytest.raises(trt_backend.BundleError, match=r"TensorRT rejects the optimization profile for text_encoder \(fp32\) \(x:1x4\)"):
+        _fake_build(monkeypatch, tmp_path, builder)
+    assert builder.answers == []  # refused before building
+
+
+def test_build_plan_failure_points_to_the_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    builder = _FakeBuilder(_FakeConfig(profile_index=0), result=None)
+    with pytest.raises(trt_backend.UserError, match=r"could not build the engine for text_encoder \(fp32\).*rerun with --debug"):
+        _fake_build(monkeypatch, tmp_path, builder)
+
+
+def test_ctrl_c_during_a_build_cancels_it_through_the_monitor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No progress display (the `generate` path): Ctrl-C still reaches TensorRT as a cancelled step,
+    no exception unwinds through the builder, and KeyboardInterrupt comes out after it returned."""
+    builder = _FakeBuilder(_FakeConfig(profile_index=0), during=lambda: signal.raise_signal(signal.SIGINT))
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        _fake_build(monkeypatch, tmp_path, builder)
+    assert builder.answers == [True, False] and builder.unwound is None
+    assert signal.getsignal(signal.SIGINT) is before  # the usual handler is back
+
+
+def test_a_failing_progress_callback_cancels_the_build_and_is_raised_after(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = []
+
+    def progress(phase: str, step: int, total: int) -> bool:
+        calls.append(step)
+        if step == 2:
+            raise OSError("stderr is gone")
+        return True
+
+    builder = _FakeBuilder(_FakeConfig(profile_index=0))
+    with pytest.raises(OSError, match="stderr is gone"):
+        _fake_build(monkeypatch, tmp_path, builder, progress=progress)
+    assert builder.answers == [True, False] and builder.unwound is None and calls == [0, 1, 2]

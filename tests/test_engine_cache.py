@@ -29,8 +29,9 @@ from edgegen.runtime.engine_cache import (
     profile_from_entry,
 )
 
-ORIN = TrtEnvironment(tensorrt="10.3.0", gpu="Orin", compute_capability="8.7")
-RTX = TrtEnvironment(tensorrt="10.8.0", gpu="NVIDIA GeForce RTX 4070", compute_capability="8.9")
+ORIN = TrtEnvironment(tensorrt="10.3.0", gpu="Orin", compute_capability="8.7", multiprocessors=8, total_memory=8 << 30)
+RTX = TrtEnvironment(tensorrt="10.8.0", gpu="NVIDIA GeForce RTX 4070", compute_capability="8.9", multiprocessors=46, total_memory=12 << 30)
+AGX_ORIN = dataclasses.replace(ORIN, multiprocessors=16, total_memory=64 << 30)  # same name and sm as an Orin Nano
 
 DENOISER_IO = {
     "inputs": [
@@ -102,7 +103,7 @@ def spec_for(bundle, env: TrtEnvironment = ORIN, **kwargs) -> EngineSpec:
 # Keys
 
 
-def test_every_key_field_changes_the_key(tmp_path: Path, bundle) -> None:
+def test_every_key_field_changes_the_key(tmp_path: Path, bundle, monkeypatch: pytest.MonkeyPatch) -> None:
     base = spec_for(bundle)
     other_bundle = make_bundle(tmp_path / "other", denoiser_bytes=b"denoiser-onnx-v2")
     variants = {
@@ -114,10 +115,15 @@ def test_every_key_field_changes_the_key(tmp_path: Path, bundle) -> None:
         "tensorrt version": spec_for(bundle, dataclasses.replace(ORIN, tensorrt="10.3.1")),
         "gpu name": spec_for(bundle, dataclasses.replace(ORIN, gpu="Orin (nvgpu)")),
         "compute capability": spec_for(bundle, dataclasses.replace(ORIN, compute_capability="8.6")),
+        "SM count": spec_for(bundle, dataclasses.replace(ORIN, multiprocessors=16)),
+        "GPU memory": spec_for(bundle, dataclasses.replace(ORIN, total_memory=16 << 30)),
         "workspace": spec_for(bundle, settings=BuildSettings(workspace_bytes=512 << 20)),
         "optimization level": spec_for(bundle, settings=BuildSettings(optimization_level=5)),
     }
     keys = {name: spec.key() for name, spec in variants.items()}
+    monkeypatch.setattr(engine_cache, "BUILD_RECIPE", engine_cache.BUILD_RECIPE + 1)
+    keys["build recipe"] = spec_for(bundle).key()
+    monkeypatch.undo()
     assert len(set(keys.values())) == len(keys), keys
     # ...and the key is a pure function of the fields: same inputs, same key.
     assert spec_for(bundle).key() == base.key()
@@ -140,6 +146,21 @@ def test_profile_comes_from_the_manifest(bundle) -> None:
         profile_from_entry(entry, batch=(2, 1, 4))
 
 
+def test_onnx_digest_hashes_the_bytes_on_disk(tmp_path: Path) -> None:
+    """The key follows the file TensorRT parses, not only the manifest's record of it."""
+    import hashlib
+
+    bundle = make_bundle(tmp_path / "b")
+    entry = bundle.component("fp16", "denoiser")
+    assert onnx_digest(bundle, entry) == hashlib.sha256(b"denoiser-onnx-v1").hexdigest()
+    unverified = load_bundle(bundle.path, verify_files=False)
+    (bundle.path / "denoiser.onnx").write_bytes(b"denoiser-onnx-v2, changed after the manifest")
+    with pytest.raises(engine_cache.BundleError, match=r"denoiser.onnx does not match its sha256 in the manifest"):
+        onnx_digest(unverified, entry)
+    with pytest.raises(engine_cache.BundleError):
+        spec_for(unverified)
+
+
 def test_onnx_digest_is_the_manifest_hash_plus_external_data(tmp_path: Path) -> None:
     plain = make_bundle(tmp_path / "plain")
     entry = plain.component("fp16", "denoiser")
@@ -152,10 +173,13 @@ def test_onnx_digest_is_the_manifest_hash_plus_external_data(tmp_path: Path) -> 
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "root"))  # every edgegen cache (calibration's too)
+    monkeypatch.setenv("EDGEGEN_CACHE_DIR", str(tmp_path / "mine"))  # the engine folder itself wins
     assert default_cache_dir() == tmp_path / "mine"
     assert EngineCache().root == tmp_path / "mine"
     monkeypatch.delenv("EDGEGEN_CACHE_DIR")
+    assert default_cache_dir() == tmp_path / "root" / "engines"
+    monkeypatch.delenv("EDGEGEN_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "edgegen" / "engines"
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -203,10 +227,32 @@ def test_engine_from_another_gpu_in_this_slot_is_detected(cache: EngineCache, bu
     sidecar = cache.sidecar_path(mine)
     data = json.loads(sidecar.read_text())
     data["fields"]["gpu"], data["fields"]["compute_capability"] = "NVIDIA GeForce RTX 4070", "8.9"
+    data["fields"]["multiprocessors"], data["fields"]["gpu_memory_bytes"] = 46, 12 << 30
     sidecar.write_text(json.dumps(data))
     found = cache.load(mine)
     assert found.status == "stale" and found.plan is None
-    assert found.reason == "it was built for NVIDIA GeForce RTX 4070 (sm 8.9); this GPU is Orin (sm 8.7)"
+    assert found.reason == "it was built for NVIDIA GeForce RTX 4070 (sm 8.9, 46 SMs, 12.0 GiB); this GPU is Orin (sm 8.7, 8 SMs, 8.0 GiB)"
+
+
+def test_an_engine_from_another_board_with_the_same_gpu_name_is_not_used(cache: EngineCache, bundle) -> None:
+    """Orin Nano, NX and AGX all report "Orin" at sm 8.7: the SM count and memory tell them apart."""
+    cache.store(spec_for(bundle, AGX_ORIN), b"agx-plan")
+    found = cache.load(spec_for(bundle, ORIN))
+    assert found.status == "miss"
+    assert "it was built for Orin (sm 8.7, 16 SMs, 64.0 GiB); this GPU is Orin (sm 8.7, 8 SMs, 8.0 GiB)" in found.reason
+    assert cache.timing_cache_path(AGX_ORIN) != cache.timing_cache_path(ORIN)
+
+
+def test_an_engine_from_an_older_build_recipe_is_rebuilt(cache: EngineCache, bundle) -> None:
+    spec = spec_for(bundle)
+    cache.store(spec, b"plan")
+    sidecar = cache.sidecar_path(spec)
+    data = json.loads(sidecar.read_text())
+    del data["fields"]["recipe"]  # a sidecar written before the recipe was recorded
+    sidecar.write_text(json.dumps(data))
+    found = cache.load(spec)
+    assert found.status == "stale"
+    assert found.reason == f"it was built by edgegen's engine recipe 0; this edgegen builds with recipe {engine_cache.BUILD_RECIPE}"
 
 
 @pytest.mark.parametrize(
@@ -214,7 +260,8 @@ def test_engine_from_another_gpu_in_this_slot_is_detected(cache: EngineCache, bu
     [
         (dataclasses.replace(ORIN, tensorrt="10.8.0"), ["TensorRT 10.8.0", "this is TensorRT 10.3.0"]),
         (RTX, ["TensorRT 10.8.0"]),  # version is checked first: engines never cross TensorRT versions
-        (dataclasses.replace(ORIN, gpu="Jetson AGX Thor", compute_capability="11.0"), ["Jetson AGX Thor (sm 11.0)", "this GPU is Orin (sm 8.7)"]),
+        (dataclasses.replace(ORIN, gpu="Jetson AGX Thor", compute_capability="11.0", multiprocessors=20),
+         ["Jetson AGX Thor (sm 11.0, 20 SMs", "this GPU is Orin (sm 8.7, 8 SMs"]),
     ],
 )
 def test_a_miss_explains_the_engines_it_could_not_use(cache: EngineCache, bundle, built_with, reason_bits) -> None:
@@ -282,7 +329,7 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch, cache: EngineCache):
     """A TensorRTBackend on a fake Orin whose builder returns bytes and counts its calls."""
     calls: list[str] = []
 
-    def fake_build(onnx_path, entry, spec, timing_cache, progress=None):
+    def fake_build(onnx_path, entry, spec, timing_cache, progress=None, *, device=0):
         calls.append(spec.component)
         time.sleep(0.05)  # long enough for a concurrent caller to arrive while we hold the lock
         return f"plan:{spec.key()}".encode(), timing_cache + b"+" + spec.component.encode()

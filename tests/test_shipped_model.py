@@ -34,11 +34,13 @@ def test_shipped_onnx_files_parse_on_tensorrt(version: str) -> None:
     from edgegen.export.trt_check import check_trt
 
     bundle = load_bundle(default_bundle_path())
+    checked = set()
     for precision in bundle.precisions:
-        for name in ("text_encoder", "denoiser", "vae_decoder", "vae_encoder"):
-            entry = bundle.component(precision, name)
+        for name, entry in bundle.components[precision].items():  # every component the manifest lists
             problems = check_trt(bundle.path / entry.file_for("tensorrt"), version)
             assert not problems, f"{precision}/{name}: {problems[:3]}"
+            checked.add(name)
+    assert {"text_encoder", "context", "denoiser", "commit", "vae_decoder"} <= checked
 
 
 def test_480_frames_torch_free_first_frame_early_and_memory_flat() -> None:

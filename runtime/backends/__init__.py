@@ -44,10 +44,10 @@ AUTO_ORDER: tuple[str, ...] = ("tensorrt", "trt-rtx", "ort-cuda", "ort-cpu")
 # How to get each backend when its module cannot be imported at all.
 INSTALL_HINTS: dict[str, str] = {
     "ort-cpu": 'pip install "edgegen"',
-    "ort-cuda": 'pip install "edgegen[gpu]" (and an NVIDIA GPU with CUDA 12)',
+    "ort-cuda": 'pip install "edgegen[gpu]", then pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu (and an NVIDIA GPU with CUDA 12)',
     "tensorrt": 'pip install "edgegen[tensorrt]" (and an NVIDIA GPU)',
     "trt-rtx": "pip install onnxruntime-ep-nv-tensorrt-rtx (and an NVIDIA RTX GPU, compute capability 7.5, 8.6, 8.9 or 12.x)",
-    "torch": 'pip install "edgegen[train]"',
+    "torch": 'pip install torch==2.13.0, then pip install "edgegen[train]" (torch first and pinned, as CI does)',
 }
 
 
@@ -65,7 +65,8 @@ class Backend(Protocol):
     """A way to run bundle components. Instances are cheap; `open` does the work."""
 
     name: str
-    # Precisions this backend can run, fastest first; the default-precision rule walks this list.
+    # Precisions this backend can run in default order (first wins; the default-precision rule walks
+    # this list): measured fastest first on ort-cpu, a reasoned order on the GPU backends (unmeasured).
     precisions: tuple[str, ...]
 
     def available(self) -> tuple[bool, str]:

@@ -116,6 +116,7 @@ class GpuInfo:
     compute_capability: tuple[int, int]
     total_memory: int  # bytes; on Jetson this is the shared CPU+GPU memory
     driver_version: int  # e.g. 12060 for CUDA 12.6
+    multiprocessors: int = 0  # SM count: tells apart boards that share a name ("Orin" is Nano, NX and AGX)
 
     @property
     def sm(self) -> str:
@@ -123,7 +124,7 @@ class GpuInfo:
 
 
 # CUdevice_attribute values from cuda.h (stable since CUDA 3.x).
-_CC_MAJOR, _CC_MINOR = 75, 76
+_SM_COUNT, _CC_MAJOR, _CC_MINOR = 16, 75, 76
 
 
 def _load_libcuda() -> ctypes.CDLL | None:
@@ -159,13 +160,16 @@ def probe_gpu(index: int = 0) -> tuple[GpuInfo | None, str]:
     lib.cuDeviceGet(ctypes.byref(device), index)
     name = ctypes.create_string_buffer(256)
     lib.cuDeviceGetName(name, len(name), device)
-    major, minor, driver = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    major, minor, sms, driver = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
     lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, device)
     lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, device)
+    lib.cuDeviceGetAttribute(ctypes.byref(sms), _SM_COUNT, device)
     lib.cuDriverGetVersion(ctypes.byref(driver))
     memory = ctypes.c_size_t(0)
     lib.cuDeviceTotalMem_v2(ctypes.byref(memory), device)
-    info = GpuInfo(index, name.value.decode(errors="replace"), (major.value, minor.value), memory.value, driver.value)
+    info = GpuInfo(
+        index, name.value.decode(errors="replace"), (major.value, minor.value), memory.value, driver.value, sms.value
+    )
     return info, ""
 
 

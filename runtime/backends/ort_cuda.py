@@ -51,7 +51,12 @@ def install_hint() -> str:
             "on Jetson install an onnxruntime-gpu wheel built for your JetPack (the Jetson Zoo or the "
             "Jetson AI Lab pip index) in place of onnxruntime"
         )
-    return 'pip uninstall onnxruntime && pip install "edgegen[gpu]" (onnxruntime-gpu; CUDA 12 + cuDNN 9)'
+    # This order (docs/DEVICES.md): onnxruntime and onnxruntime-gpu install the same module and the
+    # last one installed wins, so the CPU package goes after the extra and the GPU one is reinstalled.
+    return (
+        'pip install "edgegen[gpu]", then pip uninstall -y onnxruntime && pip install --force-reinstall '
+        "onnxruntime-gpu (CUDA 12 + cuDNN 9)"
+    )
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

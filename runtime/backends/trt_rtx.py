@@ -101,11 +101,13 @@ class TrtRtxBackend:
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        """Fastest first. No int8: TensorRT-RTX lists INT8 only as weight-only GEMM, and edgegen's
-        int8 bundles quantize activations too (Q/DQ on both)."""
+        """The default order, not a measured one (this backend has not run on a GPU): fp16 first,
+        since edgegen's fp8 bundles are Q/DQ on the fp32 graph (every op not quantized stays fp32).
+        No int8: TensorRT-RTX lists INT8 only as weight-only GEMM, and edgegen's int8 bundles
+        quantize activations too (Q/DQ on both)."""
         gpu, _ = probe_gpu(self.device)
         if gpu is not None and gpu.compute_capability >= FP8_MIN_SM:
-            return ("fp8", "fp16", "fp32")
+            return ("fp16", "fp8", "fp32")
         return ("fp16", "fp32")
 
     def available(self) -> tuple[bool, str]:
