@@ -3,9 +3,11 @@
 Torch-free and shared by the exporter (which writes manifests) and the runtime (which reads them).
 `load_bundle` checks everything it can before anything runs: the manifest parses, its kind and
 schema version are known, its fields have the right shapes, and every file it lists is present
-with the recorded size and sha256. The one check that needs an inference library — the ONNX
-file's input/output names against the manifest — runs when a backend opens a session
-(`check_io`). Every failure is a one-line `BundleError` naming the file and what to do.
+with the recorded size and sha256, and every component file's graph inputs and outputs have the
+manifest's names, dtypes and shapes (read from the ONNX protobuf here, without onnx or an
+inference library; a file that does not parse is left for the backend to report). Backends check
+the names again on the model they really open (`check_io`). Every failure is a one-line
+`BundleError` naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -215,6 +217,8 @@ def _load_bundle(root: Path, verify_files: bool) -> Bundle:
         root = root.parent
     if not root.exists():
         raise BundleError(f"bundle {root} does not exist; pass a folder written by `edgegen export`")
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} is a file, not a folder; pass the bundle folder written by `edgegen export` (the one holding manifest.json)")
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path} is missing: {root} is not an edgegen bundle; export one with `edgegen export --out DIR`")
@@ -228,7 +232,10 @@ def _load_bundle(root: Path, verify_files: bool) -> Bundle:
         raise BundleError(_problems_line(manifest_path, problems))
     if verify_files:
         verify_bundle_files(root, data["files"])
-    return bundle_from_manifest(root, data, digest=hashlib.sha256(raw).hexdigest())
+    bundle = bundle_from_manifest(root, data, digest=hashlib.sha256(raw).hexdigest())
+    if verify_files:
+        verify_onnx_io(bundle)
+    return bundle
 
 
 def bundle_from_manifest(root: str | os.PathLike[str], data: Mapping[str, Any], *, digest: str = "") -> Bundle:
@@ -278,6 +285,166 @@ def check_io(entry: ComponentEntry, path: Path, inputs: Iterable[str], outputs: 
                 f"{path}: the ONNX file's {what} {actual} do not match the manifest's {list(expected)} "
                 f"for {entry.component} ({entry.precision}); re-export the bundle"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# The ONNX files' graph inputs and outputs, read from the protobuf (no onnx, no inference library)
+
+# ONNX TensorProto.DataType -> the numpy dtype names the manifest uses
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 16: "bfloat16"}
+_Dim = int | str | None  # a fixed size, a symbolic name, or unknown
+
+
+class _NotOnnx(ValueError):
+    """The bytes are not a protobuf message of the expected shape."""
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _NotOnnx("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int | tuple[int, int] | None]]:
+    """(field number, value) of one protobuf message: an int (varint) or (start, end) of a length-delimited field."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        value: int | tuple[int, int] | None = None
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 2:
+            size, pos = _varint(buf, pos, end)
+            value, pos = (pos, pos + size), pos + size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise _NotOnnx(f"wire type {wire}")
+        if number == 0 or pos > end:
+            raise _NotOnnx("bad field")
+        yield number, value
+
+
+def _sub(buf: bytes, span: Any) -> tuple[int, int]:
+    if not isinstance(span, tuple):
+        raise _NotOnnx("expected a message")
+    return span
+
+
+def _text(buf: bytes, span: Any) -> str:
+    start, end = _sub(buf, span)
+    try:
+        return buf[start:end].decode()
+    except UnicodeDecodeError:
+        raise _NotOnnx("name is not UTF-8") from None
+
+
+def _value_info(buf: bytes, span: Any) -> tuple[str, str | None, tuple[_Dim, ...] | None]:
+    """ValueInfoProto -> (name, dtype name or None, shape or None)."""
+    name, dtype, shape = "", None, None
+    for number, value in _fields(buf, *_sub(buf, span)):
+        if number == 1:
+            name = _text(buf, value)
+        elif number == 2:  # TypeProto
+            for n_type, tensor in _fields(buf, *_sub(buf, value)):
+                if n_type == 1:  # tensor_type
+                    dtype, shape = _tensor_type(buf, tensor)
+    return name, dtype, shape
+
+
+def _tensor_type(buf: bytes, span: Any) -> tuple[str | None, tuple[_Dim, ...] | None]:
+    dtype, shape = None, None
+    for number, value in _fields(buf, *_sub(buf, span)):
+        if number == 1 and isinstance(value, int):
+            dtype = _ONNX_DTYPES.get(value, f"onnx type {value}")
+        elif number == 2:  # TensorShapeProto
+            shape = tuple(_dim(buf, dim) for n_dim, dim in _fields(buf, *_sub(buf, value)) if n_dim == 1)
+    return dtype, shape
+
+
+def _dim(buf: bytes, span: Any) -> _Dim:
+    for number, value in _fields(buf, *_sub(buf, span)):
+        if number == 1 and isinstance(value, int):
+            return value if value < 2**62 else None
+        if number == 2:
+            return _text(buf, value)
+    return None
+
+
+def _initializer_name(buf: bytes, span: Any) -> str:
+    return next((_text(buf, v) for n, v in _fields(buf, *_sub(buf, span)) if n == 8), "")
+
+
+def onnx_io(path: Path) -> tuple[list[tuple[str, str | None, tuple[_Dim, ...] | None]], list[tuple[str, str | None, tuple[_Dim, ...] | None]]] | None:
+    """The graph's (inputs, outputs) as (name, dtype, shape), initializers left out; None if `path` is not ONNX."""
+    buf = path.read_bytes()
+    try:
+        graph = next((v for n, v in _fields(buf, 0, len(buf)) if n == 7), None)  # ModelProto.graph
+        if graph is None:
+            return None
+        inputs, outputs, weights = [], [], set()
+        for number, value in _fields(buf, *_sub(buf, graph)):
+            if number == 11:
+                inputs.append(_value_info(buf, value))
+            elif number == 12:
+                outputs.append(_value_info(buf, value))
+            elif number == 5:  # initializer: old exporters list weights among the inputs too
+                weights.add(_initializer_name(buf, value))
+    except _NotOnnx:
+        return None
+    inputs = [t for t in inputs if t[0] not in weights]
+    return (inputs, outputs) if inputs and outputs else None
+
+
+def verify_onnx_io(bundle: Bundle) -> None:
+    """Every component file's graph I/O has the manifest's names, dtypes and shapes, else a BundleError naming it."""
+    checked: set[tuple[str, str]] = set()
+    for entries in bundle.components.values():
+        for entry in entries.values():
+            for file in dict.fromkeys((entry.file, *entry.variants.values())):
+                key = (file, json.dumps([[t.to_json() for t in entry.inputs], [t.to_json() for t in entry.outputs]]))
+                if key not in checked:
+                    checked.add(key)
+                    _check_file_io(entry, bundle.file(file))
+
+
+def _check_file_io(entry: ComponentEntry, path: Path) -> None:
+    found = onnx_io(path)
+    if found is None:  # not parseable here: the backend's loader names the problem when it opens it
+        return
+    inputs, outputs = found
+    check_io(entry, path, [t[0] for t in inputs], [t[0] for t in outputs])
+    for side, actual, specs in (("input", inputs, entry.inputs), ("output", outputs, entry.outputs)):
+        by_name = {name: (dtype, shape) for name, dtype, shape in actual}
+        for spec in specs:
+            dtype, shape = by_name[spec.name]
+            if (dtype is not None and dtype != spec.dtype) or not _same_shape(shape, spec.shape):
+                raise BundleError(
+                    f"{path}: {side} {spec.name!r} is {dtype} {_shape_text(shape)} in the ONNX file but "
+                    f"{spec.dtype} {_shape_text(spec.shape)} in the manifest for {entry.component} ({entry.precision}); "
+                    "the manifest was edited: re-export the bundle"
+                )
+
+
+def _same_shape(onnx: tuple[_Dim, ...] | None, manifest: tuple[int | str, ...]) -> bool:
+    """Same rank and the same size wherever both are fixed (a symbolic or unknown dimension matches any)."""
+    if onnx is None:
+        return True
+    if len(onnx) != len(manifest):
+        return False
+    return all(not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(onnx, manifest, strict=True))
+
+
+def _shape_text(shape: Sequence[Any] | None) -> str:
+    return "[?]" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _entry(component: str, precision: str, spec: Mapping[str, Any]) -> ComponentEntry:

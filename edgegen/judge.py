@@ -133,6 +133,13 @@ class JudgeResult:
         """The object count and every specified attribute of every object match."""
         return self.count and all(o.passed for o in self.objects)
 
+    @property
+    def count_frames(self) -> tuple[int, int]:
+        """(frames that show the expected number of objects, all frames): `count` needs COUNT_FRACTION of them."""
+        counts = self.details.get("counts", {})
+        frames = self.details.get("frames", sum(counts.values()))
+        return int(counts.get(str(self.count_expected), 0)), int(frames)
+
     def attribute(self, name: str) -> bool | None:
         """All objects' check for one attribute (None when no object specifies it)."""
         values = [o.checks[name] for o in self.objects if o.checks[name] is not None]

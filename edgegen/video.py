@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import re
 import shutil
@@ -67,6 +68,8 @@ class Video(NamedTuple):
 def detect_format(path: str | Path, format: str | None = None) -> str:
     """The format for `path`: "mp4", "gif", "y4m", "png" (folder) or "stdout"."""
     text = os.fspath(path)
+    if not text.strip():
+        raise UserError(f"the video path is empty; name a file such as clip.mp4 (or use {SUPPORTED})")
     if text == STDOUT:
         if format not in (None, "y4m"):
             raise UserError(
@@ -85,6 +88,23 @@ def detect_format(path: str | Path, format: str | None = None) -> str:
     if Path(text).is_dir():  # an existing folder with a dot in its name, e.g. run.v2
         return "png"
     raise UserError(f"unknown video suffix '{suffix}' in {text}; use {SUPPORTED}")
+
+
+# GIF frame delays are whole centiseconds in 16 bits: 1 to 65535 per frame.
+GIF_MAX_FPS = 100.0
+GIF_MIN_FPS = 100.0 / 65535
+
+
+def check_fps(path: str | Path, fps: float, format: str | None = None) -> None:
+    """Fail now (one line) if `path`'s format cannot hold `fps`: not positive, or a GIF past its delays."""
+    if not (math.isfinite(fps) and fps > 0):
+        raise UserError(f"--fps {fps} is out of range; use a frame rate above 0")
+    if detect_format(path, format) != "gif":
+        return
+    if fps > GIF_MAX_FPS:
+        raise UserError(f"--fps {fps:g}: GIF holds at most {GIF_MAX_FPS:g} fps (frame delays are whole 1/100 s); use --fps {GIF_MAX_FPS:g} or less, or write .mp4")
+    if fps < GIF_MIN_FPS:
+        raise UserError(f"--fps {fps:g}: GIF holds at least {GIF_MIN_FPS:.4f} fps (a frame lasts at most 655.35 s); raise --fps or write .mp4")
 
 
 def check_writable(path: str | Path, force: bool = False, format: str | None = None) -> None:
@@ -515,6 +535,7 @@ def open_writer(
     y4m to stdout. An existing target needs `force=True` and is replaced only at commit.
     """
     kind = detect_format(path, format)
+    check_fps(path, fps, format)
     if kind == "stdout":
         _check_stdout()
         return _StdoutWriter(STDOUT, fps, None, force, sys.stdout.buffer)

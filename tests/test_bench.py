@@ -38,11 +38,11 @@ def run(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     out = tmp_path_factory.mktemp("bench")
     args = ["bench", "--bundle", str(bundle_dir), "--frames", str(FRAMES), "--repeat", str(REPEAT),
             "--warmup", str(WARMUP), "--precision", "fp32,fp8", "--json", str(out / "b.json"), "--plot", str(out / "b.png")]
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(args)
     report = json.loads((out / "b.json").read_text()) if code == 0 else None
-    return {"code": code, "stdout": stdout.getvalue(), "report": report, "out": out}
+    return {"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "report": report, "out": out}
 
 
 def _ok(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,8 +95,9 @@ def test_unrunnable_combinations_are_listed_with_reasons(run: dict[str, Any]) ->
     assert all(isinstance(r["reason"], str) and r["reason"] for r in not_run)
     ort_fp8 = next(r for r in not_run if (r["backend"], r["precision"]) == ("ort-cpu", "fp8"))
     assert ort_fp8["status"] == "skipped" and "the bundle has no fp8 precision" in ort_fp8["reason"]
-    for r in not_run:  # the table names each one with its reason
+    for r in not_run:  # the table names each one with its reason, and nothing else repeats it
         assert f"{r['status']}: {r['backend']}" in run["stdout"] and r["reason"] in run["stdout"]
+        assert r["reason"] not in run["stderr"]
     assert report["results"][0]["backend"] == "torch" and report["results"][0]["precision"] == "fp32"
 
 
@@ -146,12 +147,33 @@ def test_existing_outputs_need_force(run: dict[str, Any], bundle_dir: Path, caps
         (["--repeat", "0"], "--repeat must be at least 1"),
         (["--threads", "0"], "--threads must be at least 1"),
         (["--json", "same.out", "--plot", "same.out"], "--json and --plot both name"),
+        (["--plot", "chart.txt"], "the chart is a PNG image; name a file ending in .png"),
+        (["--threads", "1000000"], "--threads 1000000 is more than 4x this machine's"),
+        (["--frames", "0"], "--frames 0 is out of range; use 1 to 10000"),
+        (["--frames", "10001"], "--frames 10001 is out of range; use 1 to 10000"),
+        (["--prompt", ""], "the prompt is empty"),
+        (["--prompt", "a red zebra moving right"], "unknown word 'zebra'"),
+        (["--backend", "ort-cpu", "--precision", "fp8"], "nothing to benchmark: cannot run: ort-cpu fp8: the bundle has no fp8 precision"),
     ],
 )
 def test_bad_flags_are_one_line_errors(args: list[str], message: str, bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--bundle", str(bundle_dir), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_every_requested_combination_failing_exits_1_after_the_table(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def all_fail(specs: list[bench.RunSpec], *_: object, **__: object) -> list[dict[str, Any]]:
+        return [{"backend": s.backend, "precision": s.precision, "status": "failed", "reason": "it broke"} for s in specs]
+
+    monkeypatch.setattr(bench, "measure_interleaved", all_fail)
+    assert main(["bench", "--bundle", str(bundle_dir), "--backend", "ort-cpu", "--precision", "fp32"]) == 1
+    captured = capsys.readouterr()
+    assert "failed: ort-cpu fp32: it broke" in captured.out
+    err = captured.err.strip().splitlines()
+    assert err[-1] == "edgegen: error: none of the 1 requested combinations ran; the reasons are listed above"
 
 
 # ---------------------------------------------------------------------------------------------

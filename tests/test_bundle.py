@@ -118,17 +118,66 @@ def test_missing_file_is_named(bundle_copy: Path) -> None:
     assert "text_encoder.fp16.onnx" in _one_line(exc) and "missing" in str(exc.value)
 
 
-def test_io_name_mismatch_is_caught_when_the_session_opens(bundle_copy: Path) -> None:
+def test_io_name_mismatch_is_caught_at_load_and_when_the_session_opens(bundle_copy: Path) -> None:
     from edgegen.runtime.backends.ort_cpu import OrtCpuBackend
 
     data = json.loads((bundle_copy / MANIFEST).read_text())
     data["precisions"]["fp32"]["components"]["denoiser"]["inputs"][0]["name"] = "latents"
     write_manifest(bundle_copy, data)  # checksums stay valid: only the names disagree
-    b = load_bundle(bundle_copy)
+    with pytest.raises(BundleError) as exc:
+        load_bundle(bundle_copy)
+    message = _one_line(exc)
+    assert "denoiser.onnx" in message and "latents" in message
+    b = load_bundle(bundle_copy, verify_files=False)  # the backend checks what it really opened, too
     with pytest.raises(BundleError) as exc:
         OrtCpuBackend().open(b, "denoiser", "fp32")
     message = _one_line(exc)
     assert "denoiser.onnx" in message and "latents" in message
+
+
+@pytest.mark.parametrize(("side", "index", "edit", "needle"), [
+    ("inputs", 0, {"shape": ["batch", 4, 8, 9]}, "[batch, 4, 8, 9] in the manifest"),
+    ("inputs", 0, {"shape": ["batch", 4, 8]}, "[batch, 4, 8] in the manifest"),
+    ("outputs", 0, {"dtype": "float16"}, "float16"),
+])
+def test_io_shape_or_dtype_edited_in_the_manifest_is_caught_at_load(
+    bundle_copy: Path, side: str, index: int, edit: dict, needle: str
+) -> None:
+    data = json.loads((bundle_copy / MANIFEST).read_text())
+    spec = data["precisions"]["fp32"]["components"]["denoiser"][side][index]
+    spec.update(edit)
+    write_manifest(bundle_copy, data)  # checksums stay valid: only the contract disagrees with the file
+    with pytest.raises(BundleError) as exc:
+        load_bundle(bundle_copy)
+    message = _one_line(exc)
+    assert "denoiser.onnx" in message and repr(spec["name"]) in message and needle in message and "re-export" in message
+
+
+def test_onnx_io_reads_what_onnxruntime_sees(tiny_bundle: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    for file in sorted(tiny_bundle.glob("*.onnx")):
+        found = bundle_mod.onnx_io(file)
+        assert found is not None, file
+        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        for mine, theirs in ((found[0], session.get_inputs()), (found[1], session.get_outputs())):
+            assert [t[0] for t in mine] == [t.name for t in theirs]
+            assert [list(t[2]) for t in mine] == [t.shape for t in theirs]
+    assert bundle_mod.onnx_io(_write(tmp_path / "not-onnx.onnx", b"this is not an ONNX model")) is None
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_a_file_given_as_the_bundle_says_to_pass_the_folder(tmp_path: Path) -> None:
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"not a bundle")
+    with pytest.raises(BundleError) as exc:
+        load_bundle(clip)
+    message = _one_line(exc)
+    assert "a.mp4 is a file, not a folder" in message and "manifest.json" in message
 
 
 def test_unreadable_onnx_is_named(bundle_copy: Path) -> None:

@@ -78,3 +78,32 @@ def test_bad_prompt_and_bad_paths(tiny_bundle: Path, tmp_path: Path, capsys: pyt
     assert _run(tmp_path / "not-a-bundle", "--out", str(tmp_path / "c.mp4")) == 2
     assert "not-a-bundle" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["--fps", "150", "--out", "{tmp}/clip.gif"], "GIF holds at most 100 fps"),
+    (["--fps", "0.001", "--out", "{tmp}/clip.gif"], "GIF holds at least"),
+    (["--out", ""], "the video path is empty; name a file such as clip.mp4"),
+    (["--bundle", "{tmp}/clip.mp4", "--out", "{tmp}/out.mp4"], "clip.mp4 is a file, not a folder; pass the bundle folder"),
+    (["extra", "words", "--out", "{tmp}/out.mp4"], 'quote it and name the output with --out, e.g. edgegen generate "a red ball moving right extra words"'),
+    (["{tmp}/out.mp4"], 'e.g. edgegen generate "a red ball moving right" --out {tmp}/out.mp4'),
+])
+def test_output_bundle_and_unquoted_prompt_errors_say_what_to_do(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expect: str
+) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"a clip, not a bundle")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    bundle = [] if "--bundle" in args else ["--bundle", str(tiny_bundle)]
+    assert main(["generate", PROMPT, *bundle, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgegen: error:") and "\n" not in err and expect.replace("{tmp}", str(tmp_path)) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_prompt_is_checked_before_the_bundle_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_load(*_: object, **__: object) -> None:
+        raise AssertionError("the bundle was loaded before the prompt was checked")
+
+    monkeypatch.setattr(Generator, "load", no_load)
+    assert main(["generate", "a zebra moving right", "--out", str(tmp_path / "c.mp4")]) == 2
+    assert "'zebra'" in capsys.readouterr().err

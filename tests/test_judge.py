@@ -28,7 +28,7 @@ from edgegen.judge import (
     write_report,
 )
 from edgegen.video import read_video, write_video
-from edgegen.world import ObjectSpec, Scene, parse_prompt, render, sample_scene
+from edgegen.world import ObjectSpec, Scene, parse_prompt, prompts, render, sample_scene
 
 Obj = ObjectSpec
 
@@ -244,6 +244,48 @@ def test_bad_input_is_one_line_and_writes_nothing(args: list[str], tmp_path: Pat
     assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgegen: error:") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_count_failure_says_how_many_frames_show_the_objects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompt = "a large red circle moving right"
+    clip = render(parse_prompt(prompt), 1, 20, 64).copy()
+    clip[14:, 2:10, 50:58] = 255  # a second object in the last 6 frames: 14 of 20 right, under 75%
+    out = write_video(tmp_path / "clip.y4m", clip, 24)
+    assert main(["judge", str(out), "--prompt", prompt]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL: 1 object expected, seen in 14 of 20 frames (6 show 2)" in captured.out
+    err = captured.err.strip()
+    assert "\n" not in err and "only 14 of 20 frames show exactly 1 object (at least 75% must); 6 show 2" in err
+    assert "instead of" not in err
+
+
+def test_world_prompts_takes_split_all_like_eval(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["world", "prompts", "--split", "all", "--n", "4", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    train, held = prompts("train", 2, seed=3), prompts("heldout", 2, seed=3)
+    assert printed == [train[0], held[0], train[1], held[1]]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["eval", "--truth", "--seeds", "-1"], "--seeds -1 is out of range"),
+    (["eval", "--truth", "--prompt-seed", "-1"], "--prompt-seed -1 is out of range"),
+    (["eval", "--truth", "--frames", "-4"], "--frames -4 is out of range; use 1 to"),
+    (["eval", "--truth", "--frames", "16-x"], "is not a number or a range like 16-48"),
+    (["eval", "--truth", "--steps", "2"], "--truth judges ground-truth renders, so --steps would do nothing"),
+    (["eval", "--truth", "--backend", "ort-cpu", "--precision", "fp16"], "so --backend, --precision would do nothing"),
+    (["eval", "--truth", "--bundle", "b"], "so --bundle would do nothing"),
+    (["world", "render", "a", "red", "circle", "--out", "{tmp}/a.mp4"], 'quote it and name the output with --out, e.g. edgegen world render "a red circle"'),
+    (["world", "render", "a red circle", "--fps", "150", "--out", "{tmp}/a.gif"], "GIF holds at most 100 fps"),
+    (["world", "render", "a red circle", "--fps", "0", "--out", "{tmp}/a.gif"], "--fps 0.0 is out of range"),
+])
+def test_eval_and_world_flag_errors_name_the_flag(args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] == "eval":
+        args += ["--n", "2", "--out", str(tmp_path / "ev")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgegen: error:") and "\n" not in err and needle in err, err
     assert list(tmp_path.iterdir()) == []
 
 

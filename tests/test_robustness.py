@@ -545,6 +545,14 @@ def test_ten_thousand_frames_stream_at_flat_memory(tiny_bundle: Path) -> None:
     assert growth < 20 * 2**20, f"RSS grew by {growth / 2**20:.1f} MB over 8,500 frames"
 
 
+def test_build_with_an_unknown_backend_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "--backend", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown --backend 'nope'; valid: ort-cpu, ort-cuda, tensorrt" in err
+    assert main(["build", "--backend", "ort-cpu"]) == 2
+    assert "ort-cpu has nothing to compile" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # Debugging, and the table itself
 

@@ -8,13 +8,14 @@ report and the PNG chart written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +27,15 @@ from edgegen.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 CHART_COMPONENTS = ("denoise_step", "commit", "vae_decode")
+MAX_FRAMES = 10_000  # per timed clip: each combination generates (warmup + repeat) such clips
+THREADS_PER_CPU = 4  # --threads above this many per CPU only oversubscribes the machine
+CHART_SUFFIX = ".png"
+
+
+class NothingRan(UserError):
+    """Every requested combination failed: the table says why; exit 1 (2 stays for bad input)."""
+
+    exit_code = 1
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
@@ -51,28 +61,34 @@ def bench(
     backend: Optional[str] = typer.Option(None, "--backend", help="Comma-separated backends (default: all registered; unavailable ones are listed as skipped)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Comma-separated precisions (default: all the bundle carries)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps per chunk (default: the bundle's)."),
-    frames: int = typer.Option(64, "--frames", help="Frames per timed generation."),
+    frames: int = typer.Option(64, "--frames", help=f"Frames per timed generation, 1 to {MAX_FRAMES}."),
     repeat: int = typer.Option(5, "--repeat", help="Timed generations per combination."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per combination."),
     prompt: str = typer.Option("a red circle moving right", "--prompt", help="Prompt to generate."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for every backend (default: each backend's own; ort-cpu: 1 or all cores, measured per component at load; torch: its default)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=f"CPU threads for every backend, 1 to {THREADS_PER_CPU}x the CPU count (default: each backend's own; ort-cpu: 1 or all cores, measured per component at load; torch: its default)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart (p50 bars, p90 whiskers) here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG chart (p50 bars, p90 whiskers) here; the name must end in .png."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json / --plot files."),
 ) -> None:
     """Benchmark per-step, commit, decode and end-to-end latency against the torch fp32 baseline."""
-    from edgegen.bundle import default_bundle_path
+    from edgegen.bundle import default_bundle_path, load_bundle
     from edgegen.runtime import bench as rb
 
     if json_path is not None and plot is not None and json_path.resolve() == plot.resolve():
         raise UserError(f"--json and --plot both name {json_path}; give each its own file")
+    check_flags(frames, threads, plot, prompt)
     for path in (json_path, plot):
         if path is not None:
             check_output_path(path, force)
+    backends, precisions = _split(backend), _split(precision)
+    bundle_path = bundle if bundle is not None else default_bundle_path()
+    loaded = load_bundle(bundle_path)
+    loaded.tokenizer().encode(prompt)  # more words than this bundle reads: PromptError now, not failed rows later
+    check_something_runs(rb.plan(loaded, backends, precisions), backends, precisions)
     settings = rb.Settings(
-        bundle=str(bundle if bundle is not None else default_bundle_path()),
-        backends=_split(backend),
-        precisions=_split(precision),
+        bundle=str(bundle_path),
+        backends=backends,
+        precisions=precisions,
         steps=steps,
         frames=frames,
         repeat=repeat,
@@ -82,12 +98,76 @@ def bench(
         progress=sys.stderr.isatty(),
         command=_command(bundle, backend, precision, steps, threads, frames, repeat, warmup, prompt),
     )
-    report = rb.run_benchmark(settings)
+    with _skips_told_once():
+        report = rb.run_benchmark(settings)
     sys.stdout.write(format_table(report))
     if json_path is not None:
         log.info("wrote %s", write_atomic(json_path, report_json(report), force))
     if plot is not None:
         log.info("wrote %s", write_atomic(plot, draw_chart(report), force))
+    check_requested_ran(report["results"], backends, precisions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before and after measuring
+
+
+def check_flags(frames: int, threads: Optional[int], plot: Optional[Path], prompt: str) -> None:
+    """Flag checks that need no bundle; one-line UserErrors saying what is valid."""
+    from edgegen.world import parse_prompt
+
+    if not 1 <= frames <= MAX_FRAMES:
+        raise UserError(f"--frames {frames} is out of range; use 1 to {MAX_FRAMES}")
+    if threads is not None:
+        most = THREADS_PER_CPU * (os.cpu_count() or 1)
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, not {threads}")
+        if threads > most:
+            raise UserError(f"--threads {threads} is more than {THREADS_PER_CPU}x this machine's {os.cpu_count() or 1} CPUs; use 1 to {most}")
+    if plot is not None and plot.suffix.lower() != CHART_SUFFIX:
+        raise UserError(f"--plot {plot}: the chart is a PNG image; name a file ending in {CHART_SUFFIX}")
+    parse_prompt(prompt)  # empty, unknown word, ...: a PromptError before any worker starts
+
+
+def _requested(backend: str, precision: str, backends: Optional[Sequence[str]], precisions: Optional[Sequence[str]]) -> bool:
+    """Whether the user asked for this combination (the torch fp32 baseline runs either way)."""
+    return (backends is None or backend in backends) and (precisions is None or precision in precisions)
+
+
+def check_something_runs(combos: Sequence[Any], backends: Optional[Sequence[str]], precisions: Optional[Sequence[str]]) -> None:
+    """Refuse up front when no requested combination can run here, saying why for each."""
+    wanted = [c for c in combos if _requested(c.backend, c.precision, backends, precisions)]
+    if wanted and all(c.skip is not None for c in wanted):
+        why = _not_run_lines([{"status": "cannot run", "backend": c.backend, "precision": c.precision, "reason": c.skip} for c in wanted])
+        raise UserError("nothing to benchmark: " + "; ".join(why))
+
+
+def check_requested_ran(results: Sequence[Mapping[str, Any]], backends: Optional[Sequence[str]], precisions: Optional[Sequence[str]]) -> None:
+    """Exit 1 when every requested combination failed (the table above lists the reasons)."""
+    wanted = [r for r in results if _requested(r["backend"], r["precision"], backends, precisions)]
+    if wanted and not any(r["status"] == "ok" for r in wanted):
+        raise NothingRan(f"none of the {len(wanted)} requested combinations ran; the reasons are listed above")
+
+
+class _DropNotRunLog(logging.Filter):
+    """The runtime logs each skipped combination before measuring and each failed one after it,
+    right before the table lists them all with their reasons: once is enough, in the table."""
+
+    MESSAGES = ("%s %s: skipped (%s)", "%s %s failed: %s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.MESSAGES
+
+
+@contextlib.contextmanager
+def _skips_told_once() -> Iterator[None]:
+    runtime_log = logging.getLogger("edgegen.runtime.bench")
+    drop = _DropNotRunLog()
+    runtime_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        runtime_log.removeFilter(drop)
 
 
 # ---------------------------------------------------------------------------------------------

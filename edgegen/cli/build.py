@@ -58,6 +58,17 @@ def _precisions(bundle: object, backend: object, requested: str | None) -> list[
     return [choose_precision(bundle, backend, p)[0] for p in requested.split(",")]
 
 
+def check_backend(backend: str) -> None:
+    """Only tensorrt builds ahead of time; an unknown name lists the valid ones."""
+    from edgegen.runtime import backends
+
+    if backend not in backends.names():
+        raise UserError(f"unknown --backend {backend!r}; valid: {', '.join(backends.names())} (only tensorrt builds engines ahead of time)")
+    if backend != "tensorrt":
+        why = "compiles when it loads" if backend in ("trt-rtx", "ort-cuda") else "has nothing to compile"
+        raise UserError(f"edgegen build compiles TensorRT engines (--backend tensorrt); {backend} {why}, nothing to build ahead")
+
+
 def build(
     bundle_path: Path = typer.Argument(None, metavar="BUNDLE", help="Bundle folder (default: the shipped bundle)."),
     backend: str = typer.Option("tensorrt", "--backend", "-b", help="Only tensorrt compiles ahead of time (trt-rtx and ort-cuda compile when they load)."),
@@ -71,8 +82,7 @@ def build(
     from edgegen.runtime.backends.tensorrt import TensorRTBackend, deserialize
     from edgegen.runtime.engine_cache import MIB, BuildSettings
 
-    if backend != "tensorrt":
-        raise UserError(f"edgegen build compiles TensorRT engines; --backend {backend} compiles when it loads, nothing to build ahead")
+    check_backend(backend)
     impl = TensorRTBackend(settings=BuildSettings(workspace_bytes=workspace_mb * MIB, optimization_level=opt_level))
     ok, why = impl.available()
     if not ok:

@@ -70,8 +70,29 @@ class _Timing:
             self.first_frame = event.elapsed  # type: ignore[attr-defined]
 
 
+# A prompt typed without quotes arrives as several arguments; the command takes the extras
+# (instead of click's "unexpected extra arguments") so the error can say to quote it.
+EXTRA_ARGS = {"allow_extra_args": True}
+
+
+def one_prompt(prompt: str, extra: list[str], command: str) -> str:
+    """The prompt, when it is one argument; extra arguments (words typed unquoted) are a one-line hint to quote it."""
+    if not extra:
+        return prompt
+    from edgegen.video import SUFFIXES
+
+    words = [prompt, *extra]
+    paths = [w for w in words if "/" in w or Path(w).suffix.lower() in SUFFIXES]
+    scene = " ".join(w for w in words if w not in paths)
+    raise UserError(
+        f"the prompt must be one argument, got {len(words)} ({', '.join(map(repr, words))}); quote it and name the "
+        f'output with --out, e.g. edgegen {command} "{scene}" --out {paths[0] if paths else "clip.mp4"}'
+    )
+
+
 def generate(
-    prompt: str = typer.Argument(..., help='What to show, e.g. "a red circle moving right".'),
+    ctx: typer.Context,
+    prompt: str = typer.Argument(..., help='What to show, in quotes, e.g. "a red circle moving right".'),
     out: str = typer.Option("clip.mp4", "--out", "-o", help="Video file (.mp4, .gif, .y4m), a folder for PNG frames, or - for y4m on stdout."),
     frames: int = typer.Option(48, "--frames", "-n", help="Number of frames (whole chunks are generated, the tail trimmed)."),
     steps: int = typer.Option(None, "--steps", "-s", help="Sampling steps per chunk (default: the bundle's; see `edgegen inspect`)."),
@@ -86,9 +107,14 @@ def generate(
     """Generate a clip from a text prompt, streaming frames into --out as they are made."""
     from edgegen import video
     from edgegen.runtime.generator import Generator
+    from edgegen.world import parse_prompt
 
+    prompt = one_prompt(prompt, ctx.args, "generate")
     validate_args(frames, seed, backend, precision, fps, threads)
+    parse_prompt(prompt)  # cheap: a bad prompt fails before the bundle loads
     video.check_writable(out, force=force)
+    if fps is not None:
+        video.check_fps(out, fps)
     gen = Generator.load(bundle, backend=backend, precision=precision, threads=threads)
     stream_steps = gen.check_steps(steps)
     timing, progress = _Timing(), _Progress(frames)
@@ -112,4 +138,4 @@ def generate(
 
 def register(app: typer.Typer) -> None:
     """Add `generate` to the root app."""
-    app.command(no_args_is_help=True)(generate)
+    app.command(no_args_is_help=True, context_settings=EXTRA_ARGS)(generate)

@@ -8,9 +8,9 @@ contact_sheet.png into --out (atomically; existing files need --force).
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from edgegen.cli.world import MAX_SEED, check_frames, check_seed, check_size
+from edgegen.cli.world import (
+    MAX_SEED,
+    check_frames,
+    check_seed,
+    check_size,
+    check_split,
+    prompt_list,
+)
 from edgegen.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,7 +65,7 @@ class ClipMismatch(UserError):
 def _mismatch_line(result) -> str:  # JudgeResult
     wrong = []
     if not result.count:
-        wrong.append(f"{result.count_found} object(s) instead of {result.count_expected}")
+        wrong.append(_count_problem(result))
     for i, obj in enumerate(result.objects, 1):
         for name, ok in obj.checks.items():
             if ok is False:
@@ -66,8 +73,31 @@ def _mismatch_line(result) -> str:  # JudgeResult
     return "the clip does not match the prompt: " + "; ".join(wrong)
 
 
+def _count_problem(result) -> str:  # JudgeResult
+    """Why the count failed, as judged: the share of frames that show the expected number of objects."""
+    from edgegen.judge import COUNT_FRACTION
+
+    right, frames = result.count_frames
+    return f"only {right} of {frames} frames show exactly {_objects(result.count_expected)} (at least {COUNT_FRACTION:.0%} must); {_other_counts(result)}"
+
+
+def _objects(n: int) -> str:
+    return f"{n} object{'' if n == 1 else 's'}"
+
+
+def _other_counts(result) -> str:  # JudgeResult
+    """The frames that show another number of objects, e.g. "6 show none, 2 show 2"."""
+    counts = {int(k): v for k, v in result.details.get("counts", {}).items() if int(k) != result.count_expected}
+    return ", ".join(f"{v} show {k or 'none'}" for k, v in sorted(counts.items()))
+
+
 def _summary(result) -> str:  # JudgeResult
-    lines = [f"{'PASS' if result.passed else 'FAIL'}: {result.count_found} object(s) found, {result.count_expected} expected"]
+    right, frames = result.count_frames
+    others = _other_counts(result)
+    lines = [
+        f"{'PASS' if result.passed else 'FAIL'}: {_objects(result.count_expected)} expected, seen in {right} of {frames} frames"
+        + (f" ({others})" if others else "")
+    ]
     for i, obj in enumerate(result.objects, 1):
         parts = []
         for name, ok in obj.checks.items():
@@ -89,7 +119,7 @@ def _parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0")
     for s in seeds:
-        check_seed(s)
+        check_seed(s, "--seeds")
     return seeds
 
 
@@ -110,13 +140,16 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise UserError(f"cannot write to {parent}: {exc.strerror or exc}") from None
 
 
+_FRAMES_RE = re.compile(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?")
+
+
 def _parse_frames(text: str) -> tuple[int, int]:
     """'32' or a range '16-48' (each clip then gets a frame count in it)."""
-    low, _, high = text.partition("-")
-    try:
-        lo, hi = int(low), int(high or low)
-    except ValueError:
-        raise UserError(f"--frames {text!r} is not a number or a range like 16-48") from None
+    match = _FRAMES_RE.fullmatch(text)
+    if match is None:
+        raise UserError(f"--frames {text!r} is not a number or a range like 16-48")
+    lo = int(match.group(1))
+    hi = int(match.group(2)) if match.group(2) is not None else lo
     check_frames(lo)
     check_frames(hi)
     if hi < lo:
@@ -124,14 +157,12 @@ def _parse_frames(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _prompt_list(split: str, n: int, seed: int) -> list[str]:
-    """`n` prompts of a split; "all" alternates train and held-out prompts."""
-    from edgegen.world import prompts
-
-    if split != "all":
-        return prompts(split, n, seed=seed)
-    train, held = prompts("train", (n + 1) // 2, seed=seed), prompts("heldout", n // 2, seed=seed)
-    return [p for pair in itertools.zip_longest(train, held) for p in pair if p is not None]
+def _check_truth_flags(bundle: Path | None, backend: str, precision: str | None, steps: int | None) -> None:
+    """--truth judges renders: flags that only shape generating would be silently ignored, so refuse them."""
+    given = [flag for flag, value in (("--bundle", bundle), ("--backend", None if backend == "auto" else backend),
+                                      ("--precision", precision), ("--steps", steps)) if value is not None]
+    if given:
+        raise UserError(f"--truth judges ground-truth renders, so {', '.join(given)} would do nothing; drop {'them' if len(given) > 1 else 'it'} or drop --truth")
 
 
 def _parse_window(text: str, frames: int) -> tuple[int, int]:
@@ -223,34 +254,32 @@ def eval_command(
 ) -> None:
     """Score many clips with the judge; per-attribute accuracies, split by one/two objects."""
     from edgegen.judge import contact_sheet, evaluate, write_report
-    from edgegen.world.scene import SPLITS
 
-    if split not in (*SPLITS, "all"):
-        raise UserError(f"unknown --split {split!r}; use one of: {', '.join(SPLITS)}, all")
+    check_split(split)
     if not 1 <= n <= MAX_CLIPS:
         raise UserError(f"--n {n} is out of range; use 1 to {MAX_CLIPS}")
     low, high = _parse_frames(frames)
     check_size(size)
-    check_seed(prompt_seed)
+    check_seed(prompt_seed, "--prompt-seed")
     seed_list = _parse_seeds(seeds)
     if max(seed_list) + n - 1 > MAX_SEED:  # prompt i runs with base + i
         raise UserError(f"--seeds {max(seed_list)} with --n {n} would use seeds past {MAX_SEED}; lower the seed")
-    if truth and bundle is not None:
-        raise UserError("pass either --truth or --bundle, not both")
+    if truth:
+        _check_truth_flags(bundle, backend, precision, steps)
     span = _parse_window(window, low) if window is not None else None
     _prepare_out(out, force)
-    prompt_list = _prompt_list(split, n, prompt_seed)
-    lengths = np.random.default_rng([prompt_seed, 1]).integers(low, high + 1, size=len(prompt_list)).tolist()
-    total = len(prompt_list) * len(seed_list)
+    prompts = prompt_list(split, n, prompt_seed)
+    lengths = np.random.default_rng([prompt_seed, 1]).integers(low, high + 1, size=len(prompts)).tolist()
+    total = len(prompts) * len(seed_list)
     if truth:
-        samples = _truth_clips(prompt_list, seed_list, lengths, size, roundtrip is not False, span)
+        samples = _truth_clips(prompts, seed_list, lengths, size, roundtrip is not False, span)
         source = "ground-truth renders" + (" (mp4 round trip)" if roundtrip is not False else "")
     else:
         from edgegen.runtime.generator import Generator
 
         gen = Generator.load(bundle, backend=backend, precision=precision)
         chosen_steps = gen.check_steps(steps)
-        samples = _generated_clips(gen, prompt_list, seed_list, lengths, chosen_steps, bool(roundtrip), span)
+        samples = _generated_clips(gen, prompts, seed_list, lengths, chosen_steps, bool(roundtrip), span)
         source = f"bundle {bundle or 'default'}, backend {gen.backend}, precision {gen.precision}, {chosen_steps} steps"
         size = int(gen.bundle.video["height"])
     if span is not None:

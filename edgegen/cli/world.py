@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import typer
@@ -31,9 +32,9 @@ def check_size(size: int) -> None:
         raise UserError(f"--size {size} is not supported; use a multiple of 8 from 8 to 2048")
 
 
-def check_seed(seed: int) -> None:
+def check_seed(seed: int, flag: str = "--seed") -> None:
     if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed {seed} is out of range; use 0 to {MAX_SEED}")
+        raise UserError(f"{flag} {seed} is out of range; use 0 to {MAX_SEED}")
 
 
 def check_fps(fps: float) -> None:
@@ -41,9 +42,28 @@ def check_fps(fps: float) -> None:
         raise UserError(f"--fps {fps} is out of range; use a value in (0, 1000]")
 
 
-@world_app.command("render", no_args_is_help=True)
+def check_split(split: str) -> None:
+    """train, heldout, or all (the two alternating), as every command with --split takes."""
+    from edgegen.world.scene import SPLITS
+
+    if split not in (*SPLITS, "all"):
+        raise UserError(f"unknown --split {split!r}; use one of: {', '.join(SPLITS)}, all")
+
+
+def prompt_list(split: str, n: int, seed: int) -> list[str]:
+    """`n` prompts of a split; "all" alternates train and held-out prompts."""
+    from edgegen.world import prompts
+
+    if split != "all":
+        return prompts(split, n, seed=seed)
+    train, held = prompts("train", (n + 1) // 2, seed=seed), prompts("heldout", n // 2, seed=seed)
+    return [p for pair in itertools.zip_longest(train, held) for p in pair if p is not None]
+
+
+@world_app.command("render", no_args_is_help=True, context_settings={"allow_extra_args": True})
 def render_command(
-    prompt: str = typer.Argument(..., help='A scene, e.g. "a red circle moving right and a small blue star".'),
+    ctx: typer.Context,
+    prompt: str = typer.Argument(..., help='A scene, in quotes, e.g. "a red circle moving right and a small blue star".'),
     out: str = typer.Option("clip.mp4", "--out", "-o", help="Video file (.mp4, .gif, .y4m), a folder for PNG frames, or - for y4m on stdout."),
     seed: int = typer.Option(0, "--seed", help="Picks placement, background and anything the prompt leaves out."),
     frames: int = typer.Option(48, "--frames", "-n", help="Number of frames (24 fps)."),
@@ -53,15 +73,18 @@ def render_command(
 ) -> None:
     """Render the ground-truth clip of a prompt (deterministic in prompt + seed)."""
     from edgegen import video
+    from edgegen.cli.generate import one_prompt
     from edgegen.world import parse_prompt
     from edgegen.world.renderer import render_chunks
 
+    prompt = one_prompt(prompt, ctx.args, "world render")
     check_frames(frames)
     check_size(size)
     check_seed(seed)
     check_fps(fps)
     scene = parse_prompt(prompt)
     video.check_writable(out, force=force)
+    video.check_fps(out, fps)
     with video.open_writer(out, fps, force=force) as writer:
         for chunk in render_chunks(scene, seed, frames, size):
             for frame in chunk:
@@ -71,20 +94,16 @@ def render_command(
 
 @world_app.command("prompts")
 def prompts_command(
-    split: str = typer.Option("train", "--split", help="train or heldout (held-out colour/shape/motion combinations)."),
+    split: str = typer.Option("train", "--split", help="train, heldout (held-out colour/shape/motion combinations), or all (the two alternating)."),
     n: int = typer.Option(10, "--n", "-n", help="How many prompts."),
     seed: int = typer.Option(0, "--seed", help="Same split + n + seed = same list."),
 ) -> None:
     """Print random prompts of a split, one per line."""
-    from edgegen.world import prompts
-    from edgegen.world.scene import SPLITS
-
-    if split not in SPLITS:
-        raise UserError(f"unknown --split {split!r}; use one of: {', '.join(SPLITS)}")
+    check_split(split)
     if not 1 <= n <= MAX_PROMPTS:
         raise UserError(f"--n {n} is out of range; use 1 to {MAX_PROMPTS}")
     check_seed(seed)
-    typer.echo("\n".join(prompts(split, n, seed=seed)))
+    typer.echo("\n".join(prompt_list(split, n, seed)))
 
 
 def register(app: typer.Typer) -> None:
