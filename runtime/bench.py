@@ -529,7 +529,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
     combos = plan(bundle, settings.backends, settings.precisions)
     for combo in combos:
         if combo.skip is not None:
-            log.info("%s %s: skipped (%s)", combo.backend, combo.precision, combo.skip)
+            log.debug("%s %s: skipped (%s)", combo.backend, combo.precision, combo.skip)
     specs = [RunSpec(str(bundle.path), c.backend, c.precision, steps, settings.frames, settings.prompt, settings.seed, settings.threads)
              for c in combos if c.skip is None]
     measured = iter(measure_interleaved(specs, settings.warmup, settings.repeat, settings.progress))
@@ -586,7 +586,7 @@ def measure_interleaved(specs: Sequence[RunSpec], warmup: int, repeat: int, prog
 def _finish(worker: Worker, gpu: dict[str, int] | None) -> dict[str, Any]:
     result = worker.request("finish")
     if worker.failure is not None:
-        log.warning("%s %s failed: %s", worker.spec.backend, worker.spec.precision, worker.failure)
+        log.debug("%s %s failed: %s", worker.spec.backend, worker.spec.precision, worker.failure)
         return {"backend": worker.spec.backend, "precision": worker.spec.precision, "status": "failed", "reason": worker.failure}
     result["memory"]["gpu"] = gpu
     return result

@@ -8,14 +8,13 @@ report and the PNG chart written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -98,8 +97,7 @@ def bench(
         progress=sys.stderr.isatty(),
         command=_command(bundle, backend, precision, steps, threads, frames, repeat, warmup, prompt),
     )
-    with _skips_told_once():
-        report = rb.run_benchmark(settings)
+    report = rb.run_benchmark(settings)
     sys.stdout.write(format_table(report))
     if json_path is not None:
         log.info("wrote %s", write_atomic(json_path, report_json(report), force))
@@ -147,27 +145,6 @@ def check_requested_ran(results: Sequence[Mapping[str, Any]], backends: Optional
     wanted = [r for r in results if _requested(r["backend"], r["precision"], backends, precisions)]
     if wanted and not any(r["status"] == "ok" for r in wanted):
         raise NothingRan(f"none of the {len(wanted)} requested combinations ran; the reasons are listed above")
-
-
-class _DropNotRunLog(logging.Filter):
-    """The runtime logs each skipped combination before measuring and each failed one after it,
-    right before the table lists them all with their reasons: once is enough, in the table."""
-
-    MESSAGES = ("%s %s: skipped (%s)", "%s %s failed: %s")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.MESSAGES
-
-
-@contextlib.contextmanager
-def _skips_told_once() -> Iterator[None]:
-    runtime_log = logging.getLogger("edgegen.runtime.bench")
-    drop = _DropNotRunLog()
-    runtime_log.addFilter(drop)
-    try:
-        yield
-    finally:
-        runtime_log.removeFilter(drop)
 
 
 # ---------------------------------------------------------------------------------------------
