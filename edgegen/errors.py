@@ -6,6 +6,9 @@ a traceback and exits non-zero. Internal invariants stay `assert`s.
 """
 
 
+TRAIN_EXTRA_INSTALL = "pip install torch==2.13.0 && pip install 'edgegen[train]'"  # torch first, pinned: unpinned pulls CUDA
+
+
 class UserError(Exception):
     """A problem the user can fix; the message is shown as one line."""
 
@@ -30,3 +33,12 @@ class Interrupted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+
+def require_train_extra(what: str, modules: tuple[str, ...] = ("torch", "safetensors")) -> None:
+    """A one-line UserError saying how to install the train extra if `what` cannot import `modules`."""
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"{what} needs PyTorch and the train extra ({module} is not installed): {TRAIN_EXTRA_INSTALL}") from None

@@ -565,3 +565,25 @@ def test_cli_train_without_torch_says_how_to_install_it(tmp_path: Path, capsys, 
     code, err = _train_cli(capsys, "vae", "--config", "tiny", "--out", str(tmp_path / "run"))
     _one_line_error(code, err, "training needs PyTorch", "pip install torch==2.13.0 && pip install 'edgegen[train]'")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["export", "--out", "B"], ["calibrate", "B"]], ids=["export", "calibrate"])
+def test_export_and_calibrate_without_torch_say_how_to_install_it(tmp_path: Path, capsys, monkeypatch, argv: list[str]) -> None:
+    import sys
+
+    from edgegen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    capsys.readouterr()
+    code = main(argv)
+    _one_line_error(code, capsys.readouterr().err, f"{argv[0]} needs PyTorch", "pip install torch==2.13.0 && pip install 'edgegen[train]'")
+    assert not (tmp_path / "B").exists()
+
+
+def test_calibrate_refuses_an_empty_component_list(tmp_path: Path, capsys) -> None:
+    from edgegen.cli import main
+
+    capsys.readouterr()
+    code = main(["calibrate", str(tmp_path / "B"), "--components", " , "])
+    _one_line_error(code, capsys.readouterr().err, "--components is empty")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from edgegen.errors import UserError
+from edgegen.errors import UserError, require_train_extra
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,18 @@ def calibrate(
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ) -> None:
     """Quantize a bundle (Q/DQ, timestep-aware calibration, sensitivity-guided) and check it against fp32."""
+    require_train_extra("calibrate", ("torch", "onnx", "safetensors"))
     from edgegen.calibration import PRECISIONS, Settings, calibrate_bundle
     from edgegen.calibration.report import one_line
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r} is not supported; valid: {', '.join(PRECISIONS)}")
+    chosen = tuple(c.strip() for c in components.split(",") if c.strip())
+    if not chosen:
+        raise UserError("--components is empty; name the components to quantize, e.g. --components denoiser,vae_decoder")
     settings = Settings(
         precision=precision, samples=samples, prompts=prompts, eval_prompts=eval_prompts, judge_prompts=judge_prompts, seed=seed,
-        components=tuple(c.strip() for c in components.split(",") if c.strip()), cache_dir=cache_dir,
+        components=chosen, cache_dir=cache_dir,
         force=force, check_e2e=not no_e2e, latency_rounds=latency_rounds, ort_variants=not no_ort_variants,
     )
     report = calibrate_bundle(bundle_path, out, settings)

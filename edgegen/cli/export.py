@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from edgegen.errors import UserError
+from edgegen.errors import UserError, require_train_extra
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,7 @@ def export(
     no_slim: bool = typer.Option(False, "--no-slim", help="Skip onnxslim (constant folding, pattern fusion)."),
 ) -> None:
     """Export a checkpoint to an ONNX bundle, checked by onnx.checker, TensorRT tables and parity with torch."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise UserError('export needs torch and onnx: pip install "edgegen[train]"') from None
+    require_train_extra("export", ("torch", "onnx", "safetensors"))
     from edgegen.export.pipeline import EXPORT_PRECISIONS, export_bundle
     from edgegen.export.source import default_checkpoint, source_from_checkpoint, source_from_config
 
@@ -93,7 +90,7 @@ def check_bundle_trt(bundle: Any, version: str) -> dict[str, Any]:
     try:
         from edgegen.export.trt_check import check_trt, normalize_version
     except ImportError:
-        raise UserError('--trt needs the onnx package: pip install onnx (or "edgegen[train]")') from None
+        raise UserError("--trt needs the onnx package: pip install onnx") from None
     version = normalize_version(version)
     names = sorted({entry.file for comps in bundle.components.values() for entry in comps.values()})
     results = {}

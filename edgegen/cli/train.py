@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from edgegen.errors import UserError
+from edgegen.errors import UserError, require_train_extra
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs still written)."),
 ) -> None:
     """Train one stage; checkpoints go to <out>/<stage>/last.safetensors, losses to log.jsonl."""
-    require_torch("training")
+    require_train_extra("training")
     import torch
 
     from edgegen.model.config import load_config
@@ -64,18 +64,6 @@ def train(
               progress=not no_progress, vae=vae, teacher=teacher, init=init)
     path = train_stage(stage.value, cfg, tcfg, run)
     log.info("wrote %s", path)
-
-
-TORCH_INSTALL = "pip install torch==2.13.0 && pip install 'edgegen[train]'"
-
-
-def require_torch(what: str) -> None:
-    """One line (a UserError, exit 2) saying how to install PyTorch and the train extra if `what` cannot import them."""
-    for module in ("torch", "safetensors"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise UserError(f"{what} needs PyTorch and the train extra ({module} is not installed): {TORCH_INSTALL}") from None
 
 
 def register(app: typer.Typer) -> None:

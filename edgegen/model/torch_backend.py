@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.errors import BackendUnavailable, BundleError
+from edgegen.errors import TRAIN_EXTRA_INSTALL, BackendUnavailable, BundleError
 
 CHECKPOINT = "checkpoint.safetensors"
 _lock = threading.Lock()
@@ -92,7 +92,7 @@ class TorchBackend:
         try:
             import torch
         except ImportError:
-            return False, 'torch is not installed; pip install "edgegen[train]"'
+            return False, f"torch is not installed; {TRAIN_EXTRA_INSTALL}"
         return True, f"torch {torch.__version__} on the CPU (reference, fp32)"
 
     def open(self, bundle: Any, component: str, precision: str = "fp32") -> TorchSession:
