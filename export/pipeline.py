@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import math
 import time
@@ -163,6 +164,7 @@ def _export_bundle(source: ExportSource, out: Path, precisions: Sequence[str], o
                    force: bool, parity_frames: int | None, seed: int) -> ExportReport:
     start = time.perf_counter()
     wanted = _check_settings(precisions, opset)
+    wanted = _keep_earlier_precisions(out, source, wanted, force)
     _prepare_folder(out, force)
     report = ExportReport(path=out)
     versions = _trt_versions_for(opset)
@@ -198,6 +200,33 @@ def _trt_versions_for(opset: int) -> list[str]:
         log.warning("opset %d: TensorRT %s cannot parse it (max opset %s); checking %s only",
                     opset, ", ".join(skipped), ", ".join(str(max_opset(v)) for v in skipped), ", ".join(versions))
     return versions
+
+
+def _earlier_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest of a bundle already in `out`, or None (no bundle, or one too broken to read)."""
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _keep_earlier_precisions(out: Path, source: ExportSource, wanted: list[str], force: bool) -> list[str]:
+    """An export over a bundle of the same checkpoint keeps its exported precisions (so the
+    manifest keeps listing the files left in the folder); over another checkpoint's bundle it
+    stops unless --force, since that would replace the user's bundle."""
+    earlier = _earlier_manifest(out)
+    if earlier is None:
+        return wanted
+    made_from = earlier.get("provenance", {}).get("checkpoint_sha256")
+    if made_from != source.checkpoint_sha256:
+        if not force:
+            raise UserError(f"--out {out} holds a bundle of another checkpoint (sha256 {str(made_from)[:12]}); "
+                            "choose a new folder, or pass --force to replace it")
+        return wanted
+    kept = [p for p in EXPORT_PRECISIONS if p in earlier.get("precisions", {}) and p not in wanted]
+    if kept:
+        log.info("keeping %s: the bundle in %s already has it (same checkpoint)", ", ".join(kept), out)
+    return [p for p in EXPORT_PRECISIONS if p in wanted or p in kept]
 
 
 def _prepare_folder(out: Path, force: bool) -> None:

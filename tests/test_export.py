@@ -59,6 +59,29 @@ def test_reexport_reuses_matching_stages_and_redoes_stale_ones(bundle_copy: Path
     assert report.files["fp16/vae_decoder"] == "cached"
 
 
+def test_reexport_keeps_the_precisions_already_in_the_bundle(bundle_copy: Path) -> None:
+    from conftest import tiny_source
+
+    assert "fp16" in load_bundle(bundle_copy).components
+    export_bundle(tiny_source(), bundle_copy, precisions=("fp32",), parity_frames=8)
+    bundle = load_bundle(bundle_copy)  # the fp16 files stay in the folder, so the manifest lists them
+    assert set(bundle.components) == {"fp32", "fp16"}
+    assert {p.name for p in bundle_copy.glob("*.onnx")} <= set(bundle.manifest["files"])
+
+
+def test_export_over_another_checkpoints_bundle_needs_force(bundle_copy: Path) -> None:
+    from edgegen.export.source import source_from_config
+
+    other = source_from_config("tiny", seed=1)  # other weights: another checkpoint
+    before = {p.name: p.read_bytes() for p in bundle_copy.iterdir()}
+    with pytest.raises(UserError, match=r"holds a bundle of another checkpoint.*--force") as exc:
+        export_bundle(other, bundle_copy, parity_frames=8)
+    assert "\n" not in str(exc.value)
+    assert {p.name: p.read_bytes() for p in bundle_copy.iterdir()} == before  # untouched
+    export_bundle(other, bundle_copy, parity_frames=8, force=True)
+    assert load_bundle(bundle_copy).manifest["provenance"]["checkpoint_sha256"] == other.checkpoint_sha256
+
+
 def test_parity_failure_is_loud_and_leaves_no_manifest(bundle_copy: Path) -> None:
     from conftest import tiny_source
 

@@ -23,7 +23,7 @@ def export(
     checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="Student checkpoint (default: the shipped checkpoint.safetensors)."),
     precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, or fp16 (adds fp16 beside the fp32 reference); a comma list works."),
     opset: int = typer.Option(20, "--opset", help="ONNX opset (default 20: the highest TensorRT 10.3 / JetPack 6 parses)."),
-    force: bool = typer.Option(False, "--force", help="Redo every stage even when a cached ONNX file matches."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage even when a cached ONNX file matches; replace a bundle of another checkpoint in --out."),
     untrained: str = typer.Option(None, "--untrained", metavar="CONFIG", help="Export a config's model with fresh random weights instead of a checkpoint (toolchain tests)."),
     no_slim: bool = typer.Option(False, "--no-slim", help="Skip onnxslim (constant folding, pattern fusion)."),
 ) -> None:
