@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from edgegen.calibration import quantize as q
 from edgegen.calibration import report as rep
 from edgegen.calibration.sensitivity import SearchResult, search
 from edgegen.errors import UserError
+from edgegen.files import temp_dir_beside
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def calibrate_bundle(bundle_path: str | Path, out: str | Path | None, settings: 
     out = default_out(source.path, settings.precision) if out is None else Path(out)
     _check_out(source.path, out, settings.force)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         report = _build(source, tmp, settings)
         report["seconds"] = round(time.perf_counter() - start, 1)

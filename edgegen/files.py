@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,6 +52,20 @@ def remove_stale_temps(target: Path, older_than_s: float = STALE_AFTER_S) -> Non
             if temp.stat().st_mtime < cutoff:
                 temp.unlink()
                 log.debug("removed %s, left by an interrupted write", temp)
+
+
+def temp_dir_beside(target: Path) -> Path:
+    """A new hidden folder beside `target` to build into and rename onto it at the end; its mode
+    is what a plain mkdir gives (mkdtemp's is 0700), so the finished folder is readable by others."""
+    from edgegen.errors import UserError
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write into {target.parent} ({exc.strerror or exc}); choose another --out") from None
+    temp.chmod(0o777 & ~_UMASK)
+    return temp
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

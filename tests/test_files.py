@@ -71,3 +71,20 @@ def test_a_temp_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path: P
         os.utime(temp, (two_hours_ago, two_hours_ago))
     atomic_write_text(target, "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, young.name, other.name])
+
+
+def test_a_temp_dir_to_build_in_has_a_plain_folder_mode(tmp_path: Path) -> None:
+    from edgegen.files import temp_dir_beside
+
+    temp = temp_dir_beside(tmp_path / "sub" / "bundle-int8")
+    assert temp.parent == tmp_path / "sub" and temp.name.startswith(".bundle-int8.") and temp.name.endswith(".partial")
+    assert temp.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's 0700
+
+
+def test_a_temp_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    from edgegen.errors import UserError
+    from edgegen.files import temp_dir_beside
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match=r"cannot write into .*choose another --out"):
+        temp_dir_beside(tmp_path / "a-file" / "bundle")
