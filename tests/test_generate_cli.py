@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +109,21 @@ def test_prompt_is_checked_before_the_bundle_loads(tmp_path: Path, capsys: pytes
     monkeypatch.setattr(Generator, "load", no_load)
     assert main(["generate", "a zebra moving right", "--out", str(tmp_path / "c.mp4")]) == 2
     assert "'zebra'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("code", "words"), [(errno.ENOSPC, "no space left to write"), (errno.EACCES, "Permission denied")])
+def test_a_full_disk_or_a_denied_write_is_one_line(tmp_path: Path, capsys, monkeypatch, code: int, words: str) -> None:
+    import edgegen.world.renderer as renderer
+
+    def fail(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "clip.mp4"))
+        yield  # a generator, as render_chunks is
+
+    monkeypatch.setattr(renderer, "render_chunks", fail)
+    capsys.readouterr()
+    rc = main(["world", "render", "a red circle", "--out", str(tmp_path / "clip.mp4")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("edgegen:")]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("edgegen: error: ") and words in lines[0], err
+    assert "internal error" not in err and "clip.mp4" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

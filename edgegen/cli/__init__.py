@@ -7,6 +7,7 @@ nothing heavy at import time (torch, onnx, onnxruntime are imported inside the c
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -78,6 +79,17 @@ def _usage_error(exc: Exception) -> int:
     return exc.exit_code  # type: ignore[attr-defined]
 
 
+# A full disk or a folder the user cannot write: theirs to fix, not a bug of ours.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _disk_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left to write{where}; free some space or choose another --out"
+    return f"{exc.strerror}{where}; use files and folders you have access to (for output: another --out)"
+
+
 def _on_sigterm(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
@@ -116,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of `--out -` went away: not our failure to report
         sys.stderr.close()
         return 141
+    except OSError as exc:
+        if debug or exc.errno not in _DISK_ERRORS:
+            raise
+        print(f"edgegen: error: {_disk_error(exc)}", file=sys.stderr)
+        return UserError.exit_code
     except Exception as exc:
         if debug:
             raise
