@@ -103,7 +103,7 @@ def calibrate_bundle(bundle_path: str | Path, out: str | Path | None, settings: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote %s (%s) in %.0fs: %s", out, settings.precision, time.perf_counter() - start, rep.one_line(report))
+    log.debug("wrote %s (%s) in %.0fs: %s", out, settings.precision, time.perf_counter() - start, rep.one_line(report))
     return report
 
 

@@ -179,7 +179,7 @@ def _export_bundle(source: ExportSource, out: Path, precisions: Sequence[str], o
     _check_parity(source, bundle, report, wanted, frames, seed)
     write_manifest(out, manifest)
     report.seconds = time.perf_counter() - start
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())  # the CLI prints it as its result; said once
     return report
 
 

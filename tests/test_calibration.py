@@ -53,6 +53,7 @@ def int8(tiny_bundle: Path, work: Path) -> dict[str, Any]:
     out = work / "tiny-int8"
     code, stdout, stderr = _run(["calibrate", str(tiny_bundle), "--precision", "int8", *SMALL, "--out", str(out), "--cache-dir", str(work / "cache")])
     assert code == 0, stderr
+    assert stdout.startswith(f"wrote {out} (int8, ") and "quality" in stdout and "quality" not in stderr  # the result, said once
     report = json.loads((out / "calibration_int8.json").read_text())
     return {"out": out, "report": report, "before": before, "stdout": stdout}
 

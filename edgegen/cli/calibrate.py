@@ -34,7 +34,7 @@ def calibrate(
 ) -> None:
     """Quantize a bundle (Q/DQ, timestep-aware calibration, sensitivity-guided) and check it against fp32."""
     require_train_extra("calibrate", ("torch", "onnx", "safetensors"))
-    from edgegen.calibration import PRECISIONS, Settings, calibrate_bundle
+    from edgegen.calibration import PRECISIONS, Settings, calibrate_bundle, default_out
     from edgegen.calibration.report import one_line
 
     if precision not in PRECISIONS:
@@ -48,7 +48,8 @@ def calibrate(
         force=force, check_e2e=not no_e2e, latency_rounds=latency_rounds, ort_variants=not no_ort_variants,
     )
     report = calibrate_bundle(bundle_path, out, settings)
-    typer.echo(f"{precision}: {one_line(report)}")
+    target = out if out is not None else default_out(bundle_path, precision)
+    typer.echo(f"wrote {target} ({precision}, {report['seconds']:.0f} s): {one_line(report)}")
 
 
 def register(app: typer.Typer) -> None:
