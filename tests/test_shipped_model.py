@@ -100,3 +100,19 @@ def test_generate_cli_on_the_shipped_model(tmp_path: Path) -> None:
     assert frames.shape == (24, 64, 64, 3) and fps == pytest.approx(24, abs=0.5)
     summary = run.stderr.strip().splitlines()[-1]
     assert "ort-cpu" in summary and "first frame" in summary, summary
+
+
+def test_inspect_shows_the_quantized_precision_readably(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgegen.cli import main
+
+    capsys.readouterr()
+    assert main(["inspect"]) == 0
+    out = capsys.readouterr().out
+    manifest = load_bundle(default_bundle_path()).manifest
+    for record in manifest["precisions"].values():
+        for comp in record["components"].values():
+            for variant in comp.get("variants", {}).values():  # e.g. ORT CPU's own int8 denoiser
+                assert f"variant: {variant['file']}" in out
+        if "quality" in record:
+            assert "quality: " in out and "(its own files)" in out
+    assert '{"' not in out  # no raw JSON dumped into the text view (that is --json)

@@ -108,6 +108,24 @@ def _shape(spec: dict[str, Any]) -> str:
     return f"{spec['name']} {spec['dtype']}[{', '.join(str(d) for d in spec['shape'])}]"
 
 
+def _precision_notes(record: dict[str, Any]) -> list[str]:
+    """A quantized precision's calibration and verdict, a line each (the full record: --json)."""
+    notes = []
+    if record.get("quantized"):
+        notes.append(f"quantized: {', '.join(record['quantized'])} (the rest share the fp32 files)")
+    if "calibration" in record:
+        cal = record["calibration"]
+        notes.append(f"calibration: {cal.get('method', '?')}; {cal.get('samples', '?')} samples from {cal.get('prompts', '?')} {cal.get('split', '')} prompts")
+    quality = record.get("quality")
+    if quality:
+        verdict = "passed" if quality.get("passed") else "FAILED"
+        per_backend = "".join(f", {b} (its own files): {'passed' if ok else 'FAILED'}" for b, ok in quality.get("passed_by_backend", {}).items())
+        failed = [name for name, check in quality.get("checks", {}).items() if not check.get("passed")]
+        notes.append(f"quality: {verdict}{per_backend}" + (f"; checks not met: {', '.join(failed)}" if failed else "")
+                     + (f"; report {quality['report_markdown']}" if "report_markdown" in quality else ""))
+    return notes
+
+
 def _print(info: dict[str, Any]) -> None:
     echo = typer.echo
     model, video, sampler, prov = info["model"], info["video"], info["sampler"], info["provenance"]
@@ -118,12 +136,16 @@ def _print(info: dict[str, Any]) -> None:
     steps = ", ".join(sorted(sampler["schedules"], key=int))
     echo(f"sampler  {sampler['type']}: steps {steps} (default {sampler['default_steps']}), t_ctx {sampler['t_ctx']}")
     for precision, record in info["precisions"].items():
-        extra = {k: v for k, v in record.items() if k != "components"}
         total = sum(info["files"][c["file"]]["bytes"] for c in record["components"].values())
-        echo(f"{precision:<8} {_mb(total)}" + (f"  {json.dumps(extra)}" if extra else ""))
+        echo(f"{precision:<8} {_mb(total)}")
+        for line in _precision_notes(record):
+            echo(f"  {line}")
         for name, comp in record["components"].items():
             f = info["files"][comp["file"]]
             echo(f"  {name:<13} {comp['file']:<26} {_mb(f['bytes']):>9}  opset {comp['opset']}  [{f['status']}]")
+            for backend, variant in comp.get("variants", {}).items():
+                v = info["files"].get(variant["file"], {"bytes": 0, "status": "not listed"})
+                echo(f"    {backend} variant: {variant['file']} {_mb(v['bytes'])} [{v['status']}]")
             echo(f"    in:  {'; '.join(_shape(s) for s in comp['inputs'])}")
             echo(f"    out: {'; '.join(_shape(s) for s in comp['outputs'])}")
     bad = {n: f["status"] for n, f in info["files"].items() if f["status"] != "ok"}
