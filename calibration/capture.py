@@ -107,6 +107,7 @@ def capture(bundle: Bundle, capture_plan: CapturePlan, cache_dir: Path | None = 
     if path.is_file():
         try:
             data = load_npz(path)
+            os.utime(path)  # recently used: the last to be pruned
             log.info("calibration inputs: reusing %s", path)
             return data, key, True
         except (OSError, ValueError, KeyError) as exc:
@@ -114,7 +115,32 @@ def capture(bundle: Bundle, capture_plan: CapturePlan, cache_dir: Path | None = 
     data = run_capture(bundle, capture_plan)
     save_npz(path, data, key)
     log.info("calibration inputs: captured and cached at %s", path)
+    prune_cache(cache_dir, keep=path)
     return data, key, False
+
+
+CACHE_MAX_BYTES = 2 * 1024**3  # captures of a few bundles; EDGEGEN_CALIBRATION_CACHE_GB overrides
+
+
+def prune_cache(cache_dir: Path, keep: Path, max_bytes: int | None = None) -> list[Path]:
+    """Delete the least recently used captures until the cache holds at most `max_bytes`
+    (never `keep`, the one just written); returns what was deleted."""
+    if max_bytes is None:
+        max_bytes = int(float(os.environ.get("EDGEGEN_CALIBRATION_CACHE_GB", CACHE_MAX_BYTES / 1024**3)) * 1024**3)
+    files = sorted(cache_dir.glob("capture-*.npz"), key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in files)
+    removed = []
+    for old in files:
+        if total <= max_bytes:
+            break
+        if old == keep:
+            continue
+        total -= old.stat().st_size
+        old.unlink(missing_ok=True)
+        removed.append(old)
+    if removed:
+        log.info("calibration cache: removed %d least recently used capture(s) to stay under %.1f GB", len(removed), max_bytes / 1024**3)
+    return removed
 
 
 def save_npz(path: Path, data: Captured, key: str) -> None:

@@ -439,3 +439,20 @@ def test_file_sessions_take_the_runtime_thread_plan(tiny_bundle: Path) -> None:
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     plain = OrtFileSession(path, names, threads=1)._session.get_session_options()
     assert plain.intra_op_num_threads == 1
+
+
+def test_capture_cache_keeps_the_recently_used_under_its_size_cap(tmp_path: Path) -> None:
+    import os
+
+    from edgegen.calibration.capture import prune_cache
+
+    paths = []
+    for i, age in enumerate((400, 300, 200, 100)):  # seconds ago; capture-0 is the oldest
+        path = tmp_path / f"capture-{i}.npz"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - age))
+        paths.append(path)
+    os.utime(paths[0])  # just reused: now the most recent
+    removed = prune_cache(tmp_path, keep=paths[3], max_bytes=2500)
+    assert removed == [paths[1], paths[2]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capture-0.npz", "capture-3.npz"]
