@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.bundle import Bundle
+from edgegen.errors import UserError
 from edgegen.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def capture(bundle: Bundle, capture_plan: CapturePlan, cache_dir: Path | None = 
     """(captured feeds, cache key, reused?): loads the cached capture for this bundle and plan, or
     runs it and saves it (atomically) under `cache_dir`."""
     key = capture_plan.key(bundle)
+    cap = _cache_cap()  # a bad setting fails now, not after the capture
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     path = cache_dir / f"capture-{key[:32]}.npz"
     if path.is_file():
@@ -115,18 +117,31 @@ def capture(bundle: Bundle, capture_plan: CapturePlan, cache_dir: Path | None = 
     data = run_capture(bundle, capture_plan)
     save_npz(path, data, key)
     log.info("calibration inputs: captured and cached at %s", path)
-    prune_cache(cache_dir, keep=path)
+    prune_cache(cache_dir, keep=path, max_bytes=cap)
     return data, key, False
 
 
 CACHE_MAX_BYTES = 2 * 1024**3  # captures of a few bundles; EDGEGEN_CALIBRATION_CACHE_GB overrides
 
 
+def _cache_cap() -> int:
+    text = os.environ.get("EDGEGEN_CALIBRATION_CACHE_GB")
+    if text is None:
+        return CACHE_MAX_BYTES
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:
+        raise UserError(f"EDGEGEN_CALIBRATION_CACHE_GB={text!r} is not a size in GB; set a number such as 2, or unset it")
+    return int(gb * 1024**3)
+
+
 def prune_cache(cache_dir: Path, keep: Path, max_bytes: int | None = None) -> list[Path]:
     """Delete the least recently used captures until the cache holds at most `max_bytes`
     (never `keep`, the one just written); returns what was deleted."""
     if max_bytes is None:
-        max_bytes = int(float(os.environ.get("EDGEGEN_CALIBRATION_CACHE_GB", CACHE_MAX_BYTES / 1024**3)) * 1024**3)
+        max_bytes = _cache_cap()
     files = sorted(cache_dir.glob("capture-*.npz"), key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in files)
     removed = []

@@ -456,3 +456,14 @@ def test_capture_cache_keeps_the_recently_used_under_its_size_cap(tmp_path: Path
     removed = prune_cache(tmp_path, keep=paths[3], max_bytes=2500)
     assert removed == [paths[1], paths[2]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["capture-0.npz", "capture-3.npz"]
+
+
+def test_a_bad_cache_cap_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgegen.calibration.capture import _cache_cap
+    from edgegen.errors import UserError
+
+    monkeypatch.setenv("EDGEGEN_CALIBRATION_CACHE_GB", "lots")
+    with pytest.raises(UserError, match="EDGEGEN_CALIBRATION_CACHE_GB='lots' is not a size"):
+        _cache_cap()
+    monkeypatch.setenv("EDGEGEN_CALIBRATION_CACHE_GB", "0.5")
+    assert _cache_cap() == 512 * 1024**2
