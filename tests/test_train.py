@@ -587,3 +587,13 @@ def test_calibrate_refuses_an_empty_component_list(tmp_path: Path, capsys) -> No
     capsys.readouterr()
     code = main(["calibrate", str(tmp_path / "B"), "--components", " , "])
     _one_line_error(code, capsys.readouterr().err, "--components is empty")
+
+
+def test_a_folder_given_as_a_checkpoint_names_the_files_inside(tmp_path: Path) -> None:
+    from edgegen.errors import UserError
+    from edgegen.model.checkpoint import load_checkpoint
+
+    (tmp_path / "run" / "teacher").mkdir(parents=True)
+    (tmp_path / "run" / "teacher" / "last.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match=r"is a folder; pass the .safetensors file, e.g. .*teacher/last.safetensors"):
+        load_checkpoint(tmp_path / "run")

@@ -107,6 +107,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; train the stage first or pass the right path")
+    if path.is_dir():
+        found = sorted(path.rglob("*.safetensors"))[:3]
+        hint = f", e.g. {', '.join(str(p) for p in found)}" if found else ""
+        raise UserError(f"checkpoint {path} is a folder; pass the .safetensors file{hint}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
