@@ -127,3 +127,17 @@ def test_a_full_disk_or_a_denied_write_is_one_line(tmp_path: Path, capsys, monke
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("edgegen: error: ") and words in lines[0], err
     assert "internal error" not in err and "clip.mp4" in lines[0]
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_root_flags_work_after_the_subcommand(tmp_path: Path, capsys, monkeypatch) -> None:
+    import logging
+
+    from edgegen.errors import PromptError
+
+    root = logging.getLogger()  # main() reconfigures logging: give the next tests what they had
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    assert main(["world", "render", "a red circle", "--frames", "4", "--out", str(tmp_path / "a.gif"), "-q"]) == 0
+    assert "wrote" not in capsys.readouterr().err  # --quiet took effect
+    with pytest.raises(PromptError):  # --debug: the traceback instead of the one line
+        main(["world", "render", "a red qqq", "--out", str(tmp_path / "b.gif"), "--debug"])

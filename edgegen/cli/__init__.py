@@ -94,9 +94,20 @@ def _on_sigterm(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
+_GLOBAL_OPTIONS = ("--debug", "--quiet", "-q")
+
+
+def _global_options_first(args: list[str]) -> list[str]:
+    """`edgegen generate ... --debug` works like `edgegen --debug generate ...`: the root's flags
+    (no subcommand has options of those names) move to the front; after `--` nothing moves."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in _GLOBAL_OPTIONS]
+    return flags + [a for a in args[:end] if a not in _GLOBAL_OPTIONS] + args[end:]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: runs the CLI and turns every failure into one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _global_options_first(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     _register_commands()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
