@@ -275,6 +275,7 @@ def test_world_prompts_takes_split_all_like_eval(capsys: pytest.CaptureFixture[s
     (["eval", "--truth", "--steps", "2"], "--truth judges ground-truth renders, so --steps would do nothing"),
     (["eval", "--truth", "--backend", "ort-cpu", "--precision", "fp16"], "so --backend, --precision would do nothing"),
     (["eval", "--truth", "--bundle", "b"], "so --bundle would do nothing"),
+    (["eval", "--size", "32"], "--size applies to --truth renders only"),
     (["world", "render", "a", "red", "circle", "--out", "{tmp}/a.mp4"], 'quote it and name the output with --out, e.g. edgegen world render "a red circle"'),
     (["world", "render", "a red circle", "--fps", "150", "--out", "{tmp}/a.gif"], "GIF holds at most 100 fps"),
     (["world", "render", "a red circle", "--fps", "0", "--out", "{tmp}/a.gif"], "--fps 0.0 is out of range"),

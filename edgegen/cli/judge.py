@@ -31,6 +31,7 @@ from edgegen.errors import UserError
 log = logging.getLogger(__name__)
 
 MAX_CLIPS = 100_000
+TRUTH_SIZE = 64  # --truth renders at the shipped model's size unless --size says otherwise
 SHEET_CLIPS = 12
 OUTPUTS = ("report.json", "report.md", "contact_sheet.png")
 
@@ -245,7 +246,7 @@ def eval_command(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated base seeds; prompt i runs with each base + i (so clips differ)."),
     frames: str = typer.Option("32", "--frames", help="Frames per clip, or a range such as 16-48 (a count drawn per prompt)."),
     window: str = typer.Option(None, "--window", help="Judge only frames FIRST-LAST (1-based) of each clip, e.g. --frames 240 --window 200-240: does a long stream stay on prompt? (With --truth: what the world itself shows there.)"),
-    size: int = typer.Option(64, "--size", help="Frame size for --truth renders (generated clips have the bundle's)."),
+    size: int = typer.Option(None, "--size", help="Frame size for --truth renders (default 64; generated clips have the bundle's)."),
     prompt_seed: int = typer.Option(0, "--prompt-seed", help="Seed of the prompt list (same split + n + seed = same prompts)."),
     roundtrip: bool = typer.Option(None, "--roundtrip/--no-roundtrip", help="Pass clips through an mp4 write/read before judging (default: on for --truth, off otherwise)."),
     rejection: bool = typer.Option(True, "--rejection/--no-rejection", help="Also judge each clip against its prompt with one attribute changed."),
@@ -259,6 +260,9 @@ def eval_command(
     if not 1 <= n <= MAX_CLIPS:
         raise UserError(f"--n {n} is out of range; use 1 to {MAX_CLIPS}")
     low, high = _parse_frames(frames)
+    if size is not None and not truth:
+        raise UserError("--size applies to --truth renders only; generated clips have the bundle's frame size (drop --size)")
+    size = TRUTH_SIZE if size is None else size
     check_size(size)
     check_seed(prompt_seed, "--prompt-seed")
     seed_list = _parse_seeds(seeds)
