@@ -189,6 +189,8 @@ def _check_settings(precisions: Sequence[str], opset: int) -> list[str]:
         raise UserError(f"cannot export precision {unknown[0]!r}; valid: {', '.join(EXPORT_PRECISIONS)} (int8/fp8 come from `edgegen calibrate`)")
     if not 18 <= opset <= 24:
         raise UserError(f"opset {opset} is not supported; use 18-24 (default {DEFAULT_OPSET}, the highest TensorRT 10.3 parses)")
+    if opset > DEFAULT_OPSET:
+        log.warning("opset %d: TensorRT 10.3 (JetPack 6) cannot parse opsets above %d", opset, DEFAULT_OPSET)
     # fp32 is always exported: it is the parity reference for fp16 and the input of calibration.
     return ["fp32", *(p for p in EXPORT_PRECISIONS if p in precisions and p != "fp32")]
 

@@ -36,8 +36,6 @@ def export(
     bad = [p for p in precisions if p not in EXPORT_PRECISIONS]
     if bad or not precisions:
         raise UserError(f"unknown --precision {bad[0] if bad else precision!r}; valid: {', '.join(EXPORT_PRECISIONS)} (int8/fp8: edgegen calibrate)")
-    if opset > 20:
-        log.warning("--opset %d: TensorRT 10.3 (JetPack 6) cannot parse opsets above 20", opset)
     if untrained and checkpoint:
         raise UserError("pass either --checkpoint or --untrained, not both")
     source = source_from_config(untrained) if untrained else source_from_checkpoint(checkpoint or default_checkpoint())
