@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import os
 import re
 import shutil
@@ -46,6 +45,7 @@ SUFFIXES = {".mp4": "mp4", ".gif": "gif", ".y4m": "y4m"}
 FORMATS = ("mp4", "gif", "y4m", "png")
 STDOUT = "-"
 SUPPORTED = ".mp4, .gif, .y4m, a folder (PNG frames) or - (y4m on stdout)"
+READABLE = ".mp4, .gif, .y4m or a folder of PNG frames"
 
 MP4_CRF = 12  # 64x64 shapes: 49 dB (CRF 18: 47, CRF 0: 50); uniform noise: 37 dB
 MP4_SCALE = 2
@@ -65,11 +65,13 @@ class Video(NamedTuple):
 # Format and path checks
 
 
-def detect_format(path: str | Path, format: str | None = None) -> str:
-    """The format for `path`: "mp4", "gif", "y4m", "png" (folder) or "stdout"."""
+def detect_format(path: str | Path, format: str | None = None, reading: bool = False) -> str:
+    """The format for `path`: "mp4", "gif", "y4m", "png" (folder) or "stdout" (`reading`: the
+    errors list what can be read, which leaves out stdout)."""
     text = os.fspath(path)
+    formats = READABLE if reading else SUPPORTED
     if not text.strip():
-        raise UserError(f"the video path is empty; name a file such as clip.mp4 (or use {SUPPORTED})")
+        raise UserError(f"the video path is empty; name a file such as clip.mp4 (or use {formats})")
     if text == STDOUT:
         if format not in (None, "y4m"):
             raise UserError(
@@ -87,18 +89,19 @@ def detect_format(path: str | Path, format: str | None = None) -> str:
         return SUFFIXES[suffix]
     if Path(text).is_dir():  # an existing folder with a dot in its name, e.g. run.v2
         return "png"
-    raise UserError(f"unknown video suffix '{suffix}' in {text}; use {SUPPORTED}")
+    raise UserError(f"unknown video suffix '{suffix}' in {text}; use {formats}")
 
 
+MAX_FPS = 1000.0  # any format; past this a player drops frames anyway
 # GIF frame delays are whole centiseconds in 16 bits: 1 to 65535 per frame.
 GIF_MAX_FPS = 100.0
 GIF_MIN_FPS = 100.0 / 65535
 
 
 def check_fps(path: str | Path, fps: float, format: str | None = None) -> None:
-    """Fail now (one line) if `path`'s format cannot hold `fps`: not positive, or a GIF past its delays."""
-    if not (math.isfinite(fps) and fps > 0):
-        raise UserError(f"--fps {fps} is out of range; use a frame rate above 0")
+    """Fail now (one line) if `path`'s format cannot hold `fps`: outside (0, MAX_FPS], or a GIF past its delays."""
+    if not 0 < fps <= MAX_FPS:  # NaN fails too
+        raise UserError(f"--fps {fps:g} is out of range; use a value in (0, {MAX_FPS:g}]")
     if detect_format(path, format) != "gif":
         return
     if fps > GIF_MAX_FPS:
@@ -577,7 +580,7 @@ def read_video(path: str | Path, format: str | None = None) -> Video:
     mp4 files written here come back at their original size (the 2x encode is undone). PNG
     folders without an fps text chunk report 24 fps (the project default).
     """
-    kind = detect_format(path, format)
+    kind = detect_format(path, format, reading=True)
     if kind == "stdout":
         raise UserError("reading video from stdin is not supported; save it to a .y4m file first")
     target = Path(path)

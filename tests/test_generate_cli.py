@@ -62,7 +62,9 @@ def test_stdout_streams_y4m(tiny_bundle: Path) -> None:
     (["--backend", "vulkan"], "ort-cpu"),
     (["--precision", "fp64"], "fp32, fp16, int8, fp8"),
     (["--precision", "int8"], "valid --precision: fp32, fp16"),
-    (["--fps", "0"], "--fps"),
+    (["--fps", "0"], "--fps 0 is out of range; use a value in (0, 1000]"),
+    (["--fps", "1001"], "--fps 1001 is out of range; use a value in (0, 1000]"),
+    (["--fps", "nan"], "--fps nan is out of range"),
 ])
 def test_bad_flags_are_one_line_errors(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expect: str) -> None:
     out = tmp_path / "clip.mp4"

@@ -265,6 +265,7 @@ def test_world_prompts_takes_split_all_like_eval(capsys: pytest.CaptureFixture[s
     printed = capsys.readouterr().out.strip().splitlines()
     train, held = prompts("train", 2, seed=3), prompts("heldout", 2, seed=3)
     assert printed == [train[0], held[0], train[1], held[1]]
+    assert prompts("all", 3, seed=3) == [train[0], held[0], train[1]]  # the library's list, odd n: train first
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -278,15 +279,20 @@ def test_world_prompts_takes_split_all_like_eval(capsys: pytest.CaptureFixture[s
     (["eval", "--size", "32"], "--size applies to --truth renders only"),
     (["world", "render", "a", "red", "circle", "--out", "{tmp}/a.mp4"], 'quote it and name the output with --out, e.g. edgegen world render "a red circle"'),
     (["world", "render", "a red circle", "--fps", "150", "--out", "{tmp}/a.gif"], "GIF holds at most 100 fps"),
-    (["world", "render", "a red circle", "--fps", "0", "--out", "{tmp}/a.gif"], "--fps 0.0 is out of range"),
+    (["world", "render", "a red circle", "--fps", "0", "--out", "{tmp}/a.gif"], "--fps 0 is out of range; use a value in (0, 1000]"),
+    (["world", "render", "a red circle", "--fps", "1e6", "--out", "{tmp}/a.mp4"], "--fps 1e+06 is out of range; use a value in (0, 1000]"),
+    (["judge", "{tmp}/a.avi", "-p", "a red circle"], "unknown video suffix '.avi' in {tmp}/a.avi; use .mp4, .gif, .y4m or a folder of PNG frames"),
+    (["judge", "", "-p", "a red circle"], "the video path is empty; name a file such as clip.mp4"),
+    (["judge", "-", "-p", "a red circle"], "reading video from stdin is not supported; save it to a .y4m file first"),
 ])
-def test_eval_and_world_flag_errors_name_the_flag(args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_world_and_judge_input_errors_are_one_line(args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args[0] == "eval":
         args += ["--n", "2", "--out", str(tmp_path / "ev")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("edgegen: error:") and "\n" not in err and needle in err, err
+    needle = needle.replace("{tmp}", str(tmp_path))
+    assert err.startswith("edgegen: error:") and "\n" not in err and needle in err and "stdout" not in err, err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -317,6 +317,56 @@ def test_heldout_loss_ignores_every_context_augmentation(tiny: tuple) -> None:
     assert heldout_loss(text, dit, val, augmented, "cpu") == plain
 
 
+def test_object_weights_mark_objects_and_their_edges_and_weigh_the_loss(tiny: tuple) -> None:
+    """fg_weight weighs positions far from the chunk's background, grown by one position; the loss is the
+    weighted mean, the plain MSE when every weight is equal, and the held-out metric stays unweighted."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edgegen.model.data import LatentPool
+    from edgegen.model.dit import DiT
+    from edgegen.model.text import TextEncoder
+    from edgegen.model.train_dit import flow_loss, heldout_loss, object_weights, velocity_loss
+
+    cfg, tcfg = tiny
+    x = torch.full((2, 3, 4, 8, 8), 0.5)
+    x[0, 1, :, 2:4, 5:7] = 3.0  # an object: 2.5 from the background in each of 4 channels (L2 5.0)
+    x[1, 2, 0, 6, 1] = 2.0  # a faint speck: 1.5 in one channel, under the threshold
+    w = object_weights(x, replace(tcfg, fg_weight=4.0, fg_threshold=3.0))
+    assert w.shape == (2, 3, 1, 8, 8)
+    expect = torch.ones(2, 3, 1, 8, 8)
+    expect[0, 1, 0, 1:5, 4:8] = 5.0  # the object and a ring of one position around it
+    torch.testing.assert_close(w, expect)
+
+    v, target = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    torch.testing.assert_close(velocity_loss(v, target, torch.full_like(w, 3.0)), velocity_loss(v, target, None))
+    err = (v - target).square()
+    inside = err[0, 1, :, 1:5, 4:8].sum()
+    weighted = (err.sum() + 4.0 * inside) / (4 * w.sum())
+    torch.testing.assert_close(velocity_loss(v, target, w), weighted)
+
+    cfg = replace(cfg, vocab_size=100)
+    torch.manual_seed(0)
+    text, dit = TextEncoder(cfg), DiT(cfg)
+    h, wd = cfg.latent_size
+    rng = np.random.default_rng(0)
+    val = LatentPool((4 * rng.standard_normal((3, 3, cfg.latent_channels, h, wd))).astype(np.float16),
+                     rng.integers(1, 100, (3, 1, cfg.max_len)))
+    plain = replace(tcfg, ctx_noise_prob=0.0, ctx_fade_prob=0.0, self_ctx_prob=0.0)
+    assert heldout_loss(text, dit, val, replace(plain, fg_weight=9.0), "cpu") == heldout_loss(text, dit, val, plain, "cpu")
+    x0 = torch.from_numpy(val.latents.astype(np.float32))
+    tokens = torch.from_numpy(val.tokens[:, 0])
+    noise, t = torch.randn_like(x0), torch.rand(x0.shape[:2])
+    with torch.no_grad():  # the training loss is the weighted one
+        losses = [float(flow_loss(text, dit, x0, tokens, replace(plain, fg_weight=f), noise, t)) for f in (0.0, 9.0)]
+        txt, pooled = text(tokens)
+        v = dit.forward_train((1 - t.view(3, 3, 1, 1, 1)) * x0 + t.view(3, 3, 1, 1, 1) * noise, t, x0, txt, pooled)
+    expected = velocity_loss(v, noise - x0, object_weights(x0, replace(plain, fg_weight=9.0)))
+    assert losses[0] != losses[1]
+    assert losses[1] == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_vae_decoder_fine_tune_keeps_the_encoder_and_swaps_into_a_model(tmp_path: Path, tiny: tuple, torch_one_thread) -> None:
     """vae_freeze_encoder + --init trains the decoder only (the DiT's latent space is untouched), the
     motion term is logged, and `with_vae_decoder` puts the new decoder into a model checkpoint, refusing

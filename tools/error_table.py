@@ -45,7 +45,7 @@ SECTIONS = (
 # Cases whose proof lives in another test file (or needs no message): (section, case, what
 # happens, test id). Their test ids are checked to exist; their text is not generated.
 REFERENCES: tuple[tuple[str, str, str, str], ...] = (
-    ("Numbers and names", "generate: other out-of-range flags (frames 0 / 100001, seed -1 / 2**63, steps 3, precision the bundle lacks, fps 0)",
+    ("Numbers and names", "generate: other out-of-range flags (frames 0 / 100001, seed -1 / 2**63, steps 3, precision the bundle lacks, fps 0 / 1001 / nan)",
      "one line listing the valid range or names, exit 2", "tests/test_generate_cli.py::test_bad_flags_are_one_line_errors"),
     ("Engines", "engine built on another GPU", "not loaded: 'it was built for <GPU> (sm X); this GPU is <GPU> (sm Y)'; rebuilt",
      "tests/test_engine_cache.py::test_engine_from_another_gpu_in_this_slot_is_detected"),

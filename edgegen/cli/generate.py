@@ -24,7 +24,7 @@ MAX_SEED = 2**63 - 1
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 
 
-def validate_args(frames: int, seed: int, backend: str, precision: str | None, fps: float | None, threads: int | None = None) -> None:
+def validate_args(frames: int, seed: int, backend: str, precision: str | None, threads: int | None = None) -> None:
     """Flag checks that need no bundle; one-line UserErrors listing what is valid."""
     from edgegen.runtime import backends
 
@@ -36,8 +36,6 @@ def validate_args(frames: int, seed: int, backend: str, precision: str | None, f
         raise UserError(f"unknown --backend {backend!r}; valid: {backends.AUTO}, {', '.join(backends.names())}")
     if precision is not None and precision not in PRECISIONS:
         raise UserError(f"unknown --precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if fps is not None and not 0 < fps <= 1000:
-        raise UserError(f"--fps {fps} is out of range; use a value in (0, 1000]")
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads} is out of range; use 1 or more, or leave it out to let ort-cpu measure")
 
@@ -110,11 +108,11 @@ def generate(
     from edgegen.world import parse_prompt
 
     prompt = one_prompt(prompt, ctx.args, "generate")
-    validate_args(frames, seed, backend, precision, fps, threads)
-    parse_prompt(prompt)  # cheap: a bad prompt fails before the bundle loads
-    video.check_writable(out, force=force)
+    validate_args(frames, seed, backend, precision, threads)
     if fps is not None:
         video.check_fps(out, fps)
+    parse_prompt(prompt)  # cheap: a bad prompt fails before the bundle loads
+    video.check_writable(out, force=force)
     gen = Generator.load(bundle, backend=backend, precision=precision, threads=threads)
     stream_steps = gen.check_steps(steps)
     timing, progress = _Timing(), _Progress(frames)

@@ -24,7 +24,6 @@ from edgegen.cli.world import (
     check_seed,
     check_size,
     check_split,
-    prompt_list,
 )
 from edgegen.errors import UserError
 
@@ -37,7 +36,7 @@ OUTPUTS = ("report.json", "report.md", "contact_sheet.png")
 
 
 def judge_command(
-    clip: Path = typer.Argument(..., help="The video to judge (.mp4, .gif, .y4m or a folder of PNG frames)."),
+    clip: str = typer.Argument(..., help="The video to judge (.mp4, .gif, .y4m or a folder of PNG frames)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt the clip should show."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
@@ -255,6 +254,7 @@ def eval_command(
 ) -> None:
     """Score many clips with the judge; per-attribute accuracies, split by one/two objects."""
     from edgegen.judge import contact_sheet, evaluate, write_report
+    from edgegen.world import prompts as world_prompts
 
     check_split(split)
     if not 1 <= n <= MAX_CLIPS:
@@ -272,7 +272,7 @@ def eval_command(
         _check_truth_flags(bundle, backend, precision, steps)
     span = _parse_window(window, low) if window is not None else None
     _prepare_out(out, force)
-    prompts = prompt_list(split, n, prompt_seed)
+    prompts = world_prompts(split, n, seed=prompt_seed)
     lengths = np.random.default_rng([prompt_seed, 1]).integers(low, high + 1, size=len(prompts)).tolist()
     total = len(prompts) * len(seed_list)
     if truth:

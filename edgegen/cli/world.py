@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 
 import typer
@@ -37,27 +36,12 @@ def check_seed(seed: int, flag: str = "--seed") -> None:
         raise UserError(f"{flag} {seed} is out of range; use 0 to {MAX_SEED}")
 
 
-def check_fps(fps: float) -> None:
-    if not 0 < fps <= 1000:
-        raise UserError(f"--fps {fps} is out of range; use a value in (0, 1000]")
-
-
 def check_split(split: str) -> None:
     """train, heldout, or all (the two alternating), as every command with --split takes."""
     from edgegen.world.scene import SPLITS
 
     if split not in (*SPLITS, "all"):
         raise UserError(f"unknown --split {split!r}; use one of: {', '.join(SPLITS)}, all")
-
-
-def prompt_list(split: str, n: int, seed: int) -> list[str]:
-    """`n` prompts of a split; "all" alternates train and held-out prompts."""
-    from edgegen.world import prompts
-
-    if split != "all":
-        return prompts(split, n, seed=seed)
-    train, held = prompts("train", (n + 1) // 2, seed=seed), prompts("heldout", n // 2, seed=seed)
-    return [p for pair in itertools.zip_longest(train, held) for p in pair if p is not None]
 
 
 @world_app.command("render", no_args_is_help=True, context_settings={"allow_extra_args": True})
@@ -81,10 +65,9 @@ def render_command(
     check_frames(frames)
     check_size(size)
     check_seed(seed)
-    check_fps(fps)
+    video.check_fps(out, fps)
     scene = parse_prompt(prompt)
     video.check_writable(out, force=force)
-    video.check_fps(out, fps)
     with video.open_writer(out, fps, force=force) as writer:
         for chunk in render_chunks(scene, seed, frames, size):
             for frame in chunk:
@@ -102,8 +85,10 @@ def prompts_command(
     check_split(split)
     if not 1 <= n <= MAX_PROMPTS:
         raise UserError(f"--n {n} is out of range; use 1 to {MAX_PROMPTS}")
+    from edgegen.world import prompts
+
     check_seed(seed)
-    typer.echo("\n".join(prompt_list(split, n, seed)))
+    typer.echo("\n".join(prompts(split, n, seed=seed)))
 
 
 def register(app: typer.Typer) -> None:

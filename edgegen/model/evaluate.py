@@ -334,7 +334,7 @@ def main() -> None:
     ap.add_argument("--guidance", default="", help="comma list of CFG scales (teacher); default: the model's")
     ap.add_argument("--steps", default="", help="comma list of step counts; default: the model's")
     ap.add_argument("--n", type=int, default=24)
-    ap.add_argument("--split", default="train", choices=("train", "heldout"))
+    ap.add_argument("--split", default="train", choices=("train", "heldout", "all"))
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--t-ctx", type=float, default=None, help="commit finished chunks at this noise level (default: the model's t_ctx)")

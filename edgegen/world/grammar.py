@@ -14,6 +14,7 @@ the scene it describes.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -225,10 +226,14 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def prompts(split: str, n: int, seed: int = 0) -> list[str]:
-    """`n` captions of random scenes from `split`, the same list for the same (split, n, seed)."""
+    """`n` captions of random scenes from `split`, the same list for the same (split, n, seed);
+    "all" alternates the train and held-out lists (train first)."""
     from edgegen.world.scene import SPLITS, sample_scene
 
+    if split == "all":
+        train, held = prompts("train", (n + 1) // 2, seed), prompts("heldout", n // 2, seed)
+        return [p for pair in itertools.zip_longest(train, held) for p in pair if p is not None]
     if split not in SPLITS:
-        raise PromptError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
+        raise PromptError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}, all")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     return [caption(sample_scene(rng, split), rng) for _ in range(n)]
