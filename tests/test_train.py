@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,10 @@ def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> Non
     ck = load_checkpoint(student)
     assert ck.kind == "student" and set(ck.model) == {"vae", "text", "dit"}
     assert len(list((tmp_path / "a" / "student" / "pairs").glob("*/train_*.npz"))) == 1
+    # another guidance scale rolls the teacher out again instead of reusing the cached pairs
+    cfg2 = replace(cfg, guidance=cfg.guidance + 1.0)
+    train_stage("student", cfg2, tcfg, Run(out=tmp_path / "a", steps=1, progress=False, force=True))
+    assert len(list((tmp_path / "a" / "student" / "pairs").glob("*/train_*.npz"))) == 2
 
     from edgegen.model.pipeline import generate_video, load_model
 

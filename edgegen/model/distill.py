@@ -14,6 +14,8 @@ baked into the targets, so the student runs without the unconditional branch.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -107,6 +109,14 @@ def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np
     return {f"gap_{s}step": float(F.mse_loss(rollout(model, tokens, noise, s, 1.0, commit), x0)) for s in cfg.student_steps}
 
 
+def pairs_key(teacher_path: Path, cfg: ModelConfig, tcfg: TrainConfig) -> str:
+    """Cache folder name for teacher rollouts: the teacher file's digest and every number that shapes them."""
+    sampler = {f: getattr(cfg, f) for f in ("guidance", "teacher_steps", "shift", "t_ctx")}
+    sampler.update(seed=tcfg.seed, clip_chunks=tcfg.clip_chunks)
+    text = sha256_file(teacher_path) + json.dumps(sampler, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     teacher_path = Path(run.teacher or run.out / "teacher" / "last.safetensors")
     if not teacher_path.exists():
@@ -118,8 +128,8 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     # the student inherits the teacher's architecture; sampler numbers come from the current config
     cfg = replace(tcfg_cfg, **{f: getattr(cfg, f) for f in ("student_steps", "default_steps", "guidance", "teacher_steps", "shift", "t_ctx")})
     teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")
-    # Rollouts are cached per teacher (its file's digest): pairs of an earlier teacher are never reused.
-    folder = run.out / "student" / "pairs" / sha256_file(teacher_path)[:16]
+    # Rollouts are cached per teacher and sampler: pairs of another teacher or guidance are never reused.
+    folder = run.out / "student" / "pairs" / pairs_key(teacher_path, cfg, tcfg)
     pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress)
     val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False)
     del teacher
