@@ -85,14 +85,6 @@ class LatentPool:
             return cls(latents=f["latents"], tokens=f["tokens"])
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pool_key(vae_state: dict, cfg: ModelConfig, tcfg: TrainConfig, late: bool = False) -> str:
     """Identifies a latent pool: the exact VAE weights and statistics, and how the clips were drawn
     (`late`: the pool of clips that start later in their scenes)."""

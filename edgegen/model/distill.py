@@ -41,6 +41,10 @@ from edgegen.model.vae import VAE
 
 log = logging.getLogger(__name__)
 
+# The config numbers that shape a teacher rollout (besides its weights): taken from the current
+# config, not the teacher's checkpoint, and part of the rollout cache's key.
+TEACHER_SAMPLER = ("guidance", "teacher_steps", "shift", "t_ctx")
+
 SHARD = 64  # rollouts per shard file
 
 
@@ -111,7 +115,7 @@ def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np
 
 def pairs_key(teacher_path: Path, cfg: ModelConfig, tcfg: TrainConfig) -> str:
     """Cache folder name for teacher rollouts: the teacher file's digest and every number that shapes them."""
-    sampler = {f: getattr(cfg, f) for f in ("guidance", "teacher_steps", "shift", "t_ctx")}
+    sampler = {f: getattr(cfg, f) for f in TEACHER_SAMPLER}
     sampler.update(seed=tcfg.seed, clip_chunks=tcfg.clip_chunks)
     text = sha256_file(teacher_path) + json.dumps(sampler, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -126,7 +130,7 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     if run.resume and last.exists():  # before the rollouts: the student's weights must be its teacher's shapes
         check_resume_config(last, tcfg_cfg, (*VAE_ARCH, *DIT_ARCH))
     # the student inherits the teacher's architecture; sampler numbers come from the current config
-    cfg = replace(tcfg_cfg, **{f: getattr(cfg, f) for f in ("student_steps", "default_steps", "guidance", "teacher_steps", "shift", "t_ctx")})
+    cfg = replace(tcfg_cfg, **{f: getattr(cfg, f) for f in ("student_steps", "default_steps", *TEACHER_SAMPLER)})
     teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")
     # Rollouts are cached per teacher and sampler: pairs of another teacher or guidance are never reused.
     folder = run.out / "student" / "pairs" / pairs_key(teacher_path, cfg, tcfg)
