@@ -80,6 +80,7 @@ def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> Non
     cfg2 = replace(cfg, guidance=cfg.guidance + 1.0)
     train_stage("student", cfg2, tcfg, Run(out=tmp_path / "a", steps=1, progress=False, force=True))
     assert len(list((tmp_path / "a" / "student" / "pairs").glob("*/train_*.npz"))) == 2
+    _student_learns_first_chunks_harder(tmp_path, cfg, tcfg)
 
     from edgegen.model.pipeline import generate_video, load_model
 
@@ -88,6 +89,29 @@ def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> Non
     assert video.shape == (6, cfg.height, cfg.width, 3) and video.dtype.name == "uint8"
     again = generate_video(model, "a red circle moving right", seed=3, frames=6)
     assert (video == again).all()
+
+
+def _student_learns_first_chunks_harder(tmp_path: Path, cfg, tcfg) -> None:
+    """First-chunk pairs (one-chunk teacher rollouts, their own shards) join each student step, the loss
+    weighs objects, and the gap is reported for the first chunk too."""
+    import json
+
+    import numpy as np
+
+    tcfg = replace(tcfg, distill_first_pairs=3, distill_first_batch=2, distill_fg_weight=2.0)
+    student = train_stage("student", cfg, tcfg, Run(out=tmp_path / "a", steps=2, progress=False, force=True))
+    shards = list((tmp_path / "a" / "student" / "pairs").glob("*/train-1chunk_*.npz"))
+    assert len(shards) == 1
+    with np.load(shards[0]) as f:
+        assert f["x0"].shape[:2] == (3, 1) and f["noise"].shape == f["x0"].shape and len(f["tokens"]) == 3
+    rows = [json.loads(line) for line in (tmp_path / "a" / "student" / "log.jsonl").read_text().splitlines()]
+    assert any("loss_first" in r for r in rows)
+    assert {f"first_{s}step" for s in cfg.student_steps} <= set(rows[-1]), rows[-1]
+    assert load_checkpoint(student).kind == "student"
+    with pytest.raises(UserError, match="distill_first_batch"):
+        from edgegen.model.config import validate
+
+        validate(cfg, replace(tcfg, distill_first_batch=0))
 
 
 def test_teacher_warm_starts_from_a_compact_checkpoint(tmp_path: Path, tiny: tuple) -> None:

@@ -144,6 +144,13 @@ class TrainConfig:
     # student (reflow distillation of the guided teacher)
     distill_pairs: int = 1024  # teacher rollouts cached on disk
     distill_random_t: float = 0.25  # fraction of samples at uniform t (rest at the 1/2/4-step times)
+    # First-chunk pairs: this many more teacher rollouts of the first chunk alone (a quarter of a clip's
+    # cost, no context), distill_first_batch of them per student step: the chunk made from the text alone,
+    # which decides the scene, is otherwise learnt from one sample per cached clip.
+    distill_first_pairs: int = 0
+    distill_first_batch: int = 0
+    # Object-weighted distillation loss (as `fg_weight`, with objects found in the teacher's latents).
+    distill_fg_weight: float = 0.0
     vae: StageConfig = field(default_factory=lambda: StageConfig(batch=32, lr=1e-3, steps=20000))
     teacher: StageConfig = field(default_factory=lambda: StageConfig(batch=64, lr=5e-4, steps=40000))
     student: StageConfig = field(default_factory=lambda: StageConfig(batch=64, lr=1e-4, steps=5000))
@@ -299,6 +306,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "late_clips": _ints(0), "late_start_max": _ints(0), "late_batch": _ints(0), "first_batch": _ints(0),
     "fg_weight": _nums(0.0), "fg_threshold": _positive(),
     "distill_pairs": _ints(1), "distill_random_t": _PROB,
+    "distill_first_pairs": _ints(0), "distill_first_batch": _ints(0), "distill_fg_weight": _nums(0.0),
 }
 
 
@@ -336,5 +344,8 @@ def validate(model: ModelConfig, train: TrainConfig) -> None:
     _require(all(s > 0 for s in m.latent_std), "model.latent_std must be all > 0")
     _require(train.self_ctx_tmin <= train.self_ctx_tmax,
              f"train.self_ctx_tmin must be <= train.self_ctx_tmax, not {train.self_ctx_tmin} > {train.self_ctx_tmax}")
+    _require((train.distill_first_pairs > 0) == (train.distill_first_batch > 0),
+             "train.distill_first_pairs and train.distill_first_batch go together: set both above 0 (first-chunk "
+             f"pairs and how many join each student step) or both to 0, not {train.distill_first_pairs} and {train.distill_first_batch}")
     _require(train.vae.batch >= train.clip_chunks,
              f"train.vae.batch counts chunks: it must be at least train.clip_chunks ({train.clip_chunks}), not {train.vae.batch}")

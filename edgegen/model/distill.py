@@ -9,6 +9,12 @@ straight line between each noise and the teacher's output: at x_t = (1 - t) x0_T
 v = n - x0_T, at the times of the 1/2/4-step schedules (plus a fraction of uniform t), with the
 teacher's clean latents as (noise-augmented) context. One forward per step: the guidance scale is
 baked into the targets, so the student runs without the unconditional branch.
+
+Two options (off by default) aim the distillation at where the student loses most: the first
+chunk, made from the text alone (`distill_first_pairs` one-chunk teacher rollouts, cheap because
+they have no context, `distill_first_batch` of them joining each step), and the objects
+(`distill_fg_weight`: positions where the teacher's latents depart from their background weigh more,
+as the teacher's `fg_weight`).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from edgegen.model.dit import DiT
 from edgegen.model.pipeline import Model, rollout, times_for
 from edgegen.model.text import TextEncoder
 from edgegen.model.train import DIT_ARCH, VAE_ARCH, Run, check_resume_config, fit
-from edgegen.model.train_dit import context
+from edgegen.model.train_dit import context, object_weights, velocity_loss
 from edgegen.model.vae import VAE
 
 log = logging.getLogger(__name__)
@@ -67,17 +73,21 @@ def _prompts(rng: np.random.Generator, cfg: ModelConfig, n: int, split: str) -> 
 
 
 @torch.no_grad()
-def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed: int, split: str, progress: bool) -> dict[str, np.ndarray]:
-    """(noise, x0, tokens) of `n` guided teacher rollouts, generated in shards and cached in `folder`."""
+def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed: int, split: str, progress: bool,
+                  chunks: int | None = None) -> dict[str, np.ndarray]:
+    """(noise, x0, tokens) of `n` guided teacher rollouts of `chunks` chunks (default: the config's clip),
+    generated in shards and cached in `folder`."""
     from tqdm import tqdm
 
     cfg = teacher.config
     folder.mkdir(parents=True, exist_ok=True)
     h, w = cfg.latent_size
+    chunks = chunks or tcfg.clip_chunks
+    name = split if chunks == tcfg.clip_chunks else f"{split}-{chunks}chunk"
     parts = []
     shards = range(-(-n // SHARD))
-    for k in tqdm(shards, desc=f"teacher rollouts ({split})", disable=not progress, dynamic_ncols=True):
-        path = folder / f"{split}_{k:05d}.npz"
+    for k in tqdm(shards, desc=f"teacher rollouts ({name})", disable=not progress, dynamic_ncols=True):
+        path = folder / f"{name}_{k:05d}.npz"
         m = min(SHARD, n - k * SHARD)
         if path.exists():
             with np.load(path) as f:
@@ -86,7 +96,7 @@ def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed:
                     continue
         rng = np.random.default_rng([tcfg.seed, seed, k])
         tokens = _prompts(rng, cfg, m, split)
-        shape = (m, tcfg.clip_chunks, cfg.latent_channels, h, w)
+        shape = (m, chunks, cfg.latent_channels, h, w)
         noise = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
         commit = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) if cfg.t_ctx else None
         x0 = rollout(teacher, torch.from_numpy(tokens), noise, cfg.teacher_steps, cfg.guidance, commit)
@@ -105,12 +115,18 @@ def distill_times(cfg: ModelConfig) -> np.ndarray:
 
 @torch.no_grad()
 def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np.ndarray]) -> dict[str, float]:
-    """MSE of the student's own S-step rollouts (its outputs as context) against the teacher's latents."""
+    """MSE of the student's own S-step rollouts (its outputs as context) against the teacher's latents,
+    over whole clips (`gap_Sstep`) and over their first chunk, made from the text alone (`first_Sstep`)."""
     model = Model(cfg, tokenizer_for(cfg), build_components(cfg, {"text": text, "dit": dit}), "student")
     noise, x0 = torch.from_numpy(val["noise"].astype(np.float32)), torch.from_numpy(val["x0"].astype(np.float32))
     tokens = torch.from_numpy(val["tokens"])
     commit = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)) if cfg.t_ctx else None
-    return {f"gap_{s}step": float(F.mse_loss(rollout(model, tokens, noise, s, 1.0, commit), x0)) for s in cfg.student_steps}
+    out = {}
+    for s in cfg.student_steps:
+        x = rollout(model, tokens, noise, s, 1.0, commit)
+        out[f"gap_{s}step"] = float(F.mse_loss(x, x0))
+        out[f"first_{s}step"] = float(F.mse_loss(x[:, 0], x0[:, 0]))
+    return out
 
 
 def pairs_key(teacher_path: Path, cfg: ModelConfig, tcfg: TrainConfig) -> str:
@@ -135,6 +151,8 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     # Rollouts are cached per teacher and sampler: pairs of another teacher or guidance are never reused.
     folder = run.out / "student" / "pairs" / pairs_key(teacher_path, cfg, tcfg)
     pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress)
+    first = (teacher_pairs(teacher, tcfg, tcfg.distill_first_pairs, folder, 5, "train", run.progress, chunks=1)
+             if tcfg.distill_first_pairs else None)
     val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False)
     del teacher
     text, dit, vae = modules["text"].to(run.device), modules["dit"].to(run.device), modules["vae"].to(run.device)
@@ -142,20 +160,32 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     times = torch.tensor(distill_times(cfg), dtype=torch.float32)
     B = tcfg.student.batch
 
-    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        idx = rng.integers(len(pairs["tokens"]), size=B)
-        n = torch.from_numpy(pairs["noise"][idx].astype(np.float32)).to(run.device)  # (B, T, C, h, w)
-        x0 = torch.from_numpy(pairs["x0"][idx].astype(np.float32)).to(run.device)
-        tokens = torch.from_numpy(pairs["tokens"][idx]).to(run.device)
+    weighting = replace(tcfg, fg_weight=tcfg.distill_fg_weight)
+
+    def reflow_loss(rng: np.random.Generator, source: dict[str, np.ndarray], m: int) -> torch.Tensor:
+        idx = rng.integers(len(source["tokens"]), size=m)
+        n = torch.from_numpy(source["noise"][idx].astype(np.float32)).to(run.device)  # (m, T, C, h, w)
+        x0 = torch.from_numpy(source["x0"][idx].astype(np.float32)).to(run.device)
+        tokens = torch.from_numpy(source["tokens"][idx]).to(run.device)
         T = n.shape[1]
-        t = times[torch.from_numpy(rng.integers(len(times), size=(B, T)))]
-        uniform = torch.from_numpy(rng.random((B, T)) < tcfg.distill_random_t)
-        t = torch.where(uniform, torch.from_numpy(rng.random((B, T)).astype(np.float32)), t).to(run.device)
-        tt = t.view(B, T, 1, 1, 1)
+        t = times[torch.from_numpy(rng.integers(len(times), size=(m, T)))]
+        uniform = torch.from_numpy(rng.random((m, T)) < tcfg.distill_random_t)
+        t = torch.where(uniform, torch.from_numpy(rng.random((m, T)).astype(np.float32)), t).to(run.device)
+        tt = t.view(m, T, 1, 1, 1)
         txt, pooled = text(tokens)
         ctx, label = context(x0, tcfg)
         v = dit.forward_train((1 - tt) * x0 + tt * n, t, ctx, txt, pooled, label)
-        return F.mse_loss(v, n - x0), {}, B
+        return velocity_loss(v, n - x0, object_weights(x0, weighting) if tcfg.distill_fg_weight > 0 else None)
+
+    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        loss = reflow_loss(rng, pairs, B)
+        if first is None:
+            return loss, {}, B
+        # each part's loss is a mean over its chunks: weigh the parts by those chunks
+        loss_first = reflow_loss(rng, first, tcfg.distill_first_batch)
+        T, F1 = tcfg.clip_chunks, tcfg.distill_first_batch
+        total = (loss * B * T + loss_first * F1) / (B * T + F1)
+        return total, {"loss_first": loss_first.item()}, B + F1
 
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
         return cfg, student_gap(ema["text"], ema["dit"], cfg, val)
