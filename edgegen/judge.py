@@ -835,7 +835,8 @@ def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = F
         clips.append(entry)
 
     def rates(tally: dict[str, list[int]]) -> dict[str, Any]:
-        return {k: {"accuracy": (c / n if n else None), "correct": c, "judged": n} for k, (c, n) in tally.items()}
+        return {k: {"accuracy": (c / n if n else None), "stderr": standard_error(c, n), "correct": c, "judged": n}
+                for k, (c, n) in tally.items()}
 
     report: dict[str, Any] = {
         "clips": len(clips),
@@ -849,6 +850,23 @@ def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = F
     return report
 
 
+def standard_error(correct: int, judged: int) -> float | None:
+    """Binomial standard error of the share correct / judged (None if nothing was judged): the chance
+    spread of the share over other prompts and seeds of the same kind."""
+    if not judged:
+        return None
+    p = correct / judged
+    return math.sqrt(p * (1 - p) / judged)
+
+
+def _share(r: dict[str, Any], with_error: bool) -> str:
+    if r["accuracy"] is None:
+        return "–"
+    error = standard_error(r["correct"], r["judged"]) if with_error else None
+    spread = f" ± {100 * error:.1f}" if error is not None else ""
+    return f"{100 * r['accuracy']:.1f}%{spread} ({r['correct']}/{r['judged']})"
+
+
 def report_markdown(report: dict[str, Any], title: str = "edgegen evaluation") -> str:
     """The report as a markdown table (rows: attributes; columns: all / one / two objects)."""
     groups = ("all", "one_object", "two_objects")
@@ -858,11 +876,10 @@ def report_markdown(report: dict[str, Any], title: str = "edgegen evaluation") -
             lines.append(f"- {key}: {report[key]}")
     lines += ["", "| attribute | all | one object | two objects |", "| --- | --- | --- | --- |"]
     for row in REPORT_ROWS:
-        cells = []
-        for g in groups:
-            r = report["accuracy"][g][row]
-            cells.append("–" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}% ({r['correct']}/{r['judged']})")
+        cells = [_share(report["accuracy"][g][row], g == "all") for g in groups]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "± : binomial standard error in points (objects or clips counted as independent draws); "
+              "the difference of two independent runs has a standard error of about √(a² + b²)."]
     if "rejection" in report:
         lines += ["", "Prompts with one attribute changed, rejected:", "", "| changed | rejected |", "| --- | --- |"]
         for k, r in report["rejection"].items():

@@ -355,3 +355,17 @@ def test_eval_truth_window_judges_the_same_span_of_the_rendered_clip(tmp_path: P
     assert "frames 17-24 of each clip" in report["source"]
     first = report["clip_results"][0]
     np.testing.assert_array_equal(seen[0], render(parse_prompt(first["prompt"]), first["seed"], 24, 64)[16:24])
+
+
+def test_report_shows_the_standard_error_of_each_share() -> None:
+    from edgegen.judge import report_markdown, standard_error
+
+    assert standard_error(0, 0) is None and standard_error(5, 5) == 0.0
+    assert standard_error(30, 40) == pytest.approx((0.75 * 0.25 / 40) ** 0.5)
+    row = {"accuracy": 0.75, "correct": 30, "judged": 40}
+    empty = {"accuracy": None, "correct": 0, "judged": 0}
+    group = {name: dict(row) for name in ("colour", "shape", "size", "motion", "count", "consistent", "sharp", "passed")}
+    report = {"clips": 40, "accuracy": {"all": group, "one_object": group, "two_objects": {k: empty for k in group}}}
+    md = report_markdown(report)
+    assert "| colour | 75.0% ± 6.8 (30/40) | 75.0% (30/40) | – |" in md
+    assert "standard error" in md
