@@ -81,6 +81,7 @@ def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> Non
     train_stage("student", cfg2, tcfg, Run(out=tmp_path / "a", steps=1, progress=False, force=True))
     assert len(list((tmp_path / "a" / "student" / "pairs").glob("*/train_*.npz"))) == 2
     _student_learns_first_chunks_harder(tmp_path, cfg, tcfg)
+    _student_can_be_deeper_than_its_teacher(tmp_path, cfg, tcfg)
 
     from edgegen.model.pipeline import generate_video, load_model
 
@@ -112,6 +113,21 @@ def _student_learns_first_chunks_harder(tmp_path: Path, cfg, tcfg) -> None:
         from edgegen.model.config import validate
 
         validate(cfg, replace(tcfg, distill_first_batch=0))
+
+
+def _student_can_be_deeper_than_its_teacher(tmp_path: Path, cfg, tcfg) -> None:
+    """A config with a deeper DiT distils into a grown copy of the teacher's (the teacher's blocks spread
+    over the new depth, as `--init` grows a teacher); the pairs cache is the same teacher's."""
+    from edgegen.model.pipeline import generate_video, load_model
+
+    deeper = replace(cfg, dit_depth=cfg.dit_depth + 2)
+    student = train_stage("student", deeper, tcfg, Run(out=tmp_path / "a", steps=1, progress=False, force=True))
+    ck = load_checkpoint(student)
+    assert ck.config.dit_depth == deeper.dit_depth
+    assert {k.split(".")[1] for k in ck.model["dit"] if k.startswith("blocks.")} == {str(i) for i in range(deeper.dit_depth)}
+    assert len(list((tmp_path / "a" / "student" / "pairs").glob("*/train_*.npz"))) == 2  # no new rollouts
+    video = generate_video(load_model(student), "a red circle moving right", seed=3, frames=6)
+    assert video.shape == (6, cfg.height, cfg.width, 3)
 
 
 def test_teacher_warm_starts_from_a_compact_checkpoint(tmp_path: Path, tiny: tuple) -> None:

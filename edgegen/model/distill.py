@@ -14,7 +14,8 @@ Two options (off by default) aim the distillation at where the student loses mos
 chunk, made from the text alone (`distill_first_pairs` one-chunk teacher rollouts, cheap because
 they have no context, `distill_first_batch` of them joining each step), and the objects
 (`distill_fg_weight`: positions where the teacher's latents depart from their background weigh more,
-as the teacher's `fg_weight`).
+as the teacher's `fg_weight`). A config whose DiT is deeper than the teacher's distils into a grown
+copy of the teacher's DiT (`train_dit.grow_blocks`): a student with more capacity than its teacher.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from edgegen.model.dit import DiT
 from edgegen.model.pipeline import Model, rollout, times_for
 from edgegen.model.text import TextEncoder
 from edgegen.model.train import DIT_ARCH, VAE_ARCH, Run, check_resume_config, fit
-from edgegen.model.train_dit import context, object_weights, velocity_loss
+from edgegen.model.train_dit import context, grow_blocks, object_weights, velocity_loss
 from edgegen.model.vae import VAE
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,14 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     if not teacher_path.exists():
         raise UserError(f"no teacher at {teacher_path}; run 'edgegen train teacher --config {cfg.name}' first or pass --teacher PATH")
     tcfg_cfg, modules = load_teacher(teacher_path)
-    last = run.out / "student" / "last.safetensors"
-    if run.resume and last.exists():  # before the rollouts: the student's weights must be its teacher's shapes
-        check_resume_config(last, tcfg_cfg, (*VAE_ARCH, *DIT_ARCH))
-    # the student inherits the teacher's architecture; sampler numbers come from the current config
+    # The student inherits the teacher's architecture, with a deeper DiT if the config asks for one (grown
+    # from the teacher's: the new blocks start as identities); sampler numbers come from the current config.
+    depth = max(cfg.dit_depth, tcfg_cfg.dit_depth)
     cfg = replace(tcfg_cfg, **{f: getattr(cfg, f) for f in ("student_steps", "default_steps", *TEACHER_SAMPLER)})
+    student_cfg = replace(cfg, dit_depth=depth)
+    last = run.out / "student" / "last.safetensors"
+    if run.resume and last.exists():  # before the rollouts: the student's weights must be of the same shapes
+        check_resume_config(last, student_cfg, (*VAE_ARCH, *DIT_ARCH))
     teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")
     # Rollouts are cached per teacher and sampler: pairs of another teacher or guidance are never reused.
     folder = run.out / "student" / "pairs" / pairs_key(teacher_path, cfg, tcfg)
@@ -155,6 +159,12 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
              if tcfg.distill_first_pairs else None)
     val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False)
     del teacher
+    cfg = student_cfg
+    if depth > tcfg_cfg.dit_depth:
+        torch.manual_seed(tcfg.seed + 2)
+        grown = DiT(cfg)
+        grown.load_state_dict(grow_blocks(modules["dit"].state_dict(), grown))
+        modules["dit"] = grown
     text, dit, vae = modules["text"].to(run.device), modules["dit"].to(run.device), modules["vae"].to(run.device)
     vae.eval().requires_grad_(False)
     times = torch.tensor(distill_times(cfg), dtype=torch.float32)
