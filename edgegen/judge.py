@@ -835,8 +835,7 @@ def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = F
         clips.append(entry)
 
     def rates(tally: dict[str, list[int]]) -> dict[str, Any]:
-        return {k: {"accuracy": (c / n if n else None), "stderr": standard_error(c, n), "correct": c, "judged": n}
-                for k, (c, n) in tally.items()}
+        return {k: {"accuracy": (c / n if n else None), "correct": c, "judged": n} for k, (c, n) in tally.items()}
 
     report: dict[str, Any] = {
         "clips": len(clips),

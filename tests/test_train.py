@@ -378,7 +378,7 @@ def test_object_weights_mark_objects_and_their_edges_and_weigh_the_loss(tiny: tu
     x = torch.full((2, 3, 4, 8, 8), 0.5)
     x[0, 1, :, 2:4, 5:7] = 3.0  # an object: 2.5 from the background in each of 4 channels (L2 5.0)
     x[1, 2, 0, 6, 1] = 2.0  # a faint speck: 1.5 in one channel, under the threshold
-    w = object_weights(x, replace(tcfg, fg_weight=4.0, fg_threshold=3.0))
+    w = object_weights(x, 4.0, 3.0)
     assert w.shape == (2, 3, 1, 8, 8)
     expect = torch.ones(2, 3, 1, 8, 8)
     expect[0, 1, 0, 1:5, 4:8] = 5.0  # the object and a ring of one position around it
@@ -407,7 +407,7 @@ def test_object_weights_mark_objects_and_their_edges_and_weigh_the_loss(tiny: tu
         losses = [float(flow_loss(text, dit, x0, tokens, replace(plain, fg_weight=f), noise, t)) for f in (0.0, 9.0)]
         txt, pooled = text(tokens)
         v = dit.forward_train((1 - t.view(3, 3, 1, 1, 1)) * x0 + t.view(3, 3, 1, 1, 1) * noise, t, x0, txt, pooled)
-    expected = velocity_loss(v, noise - x0, object_weights(x0, replace(plain, fg_weight=9.0)))
+    expected = velocity_loss(v, noise - x0, object_weights(x0, 9.0, plain.fg_threshold))
     assert losses[0] != losses[1]
     assert losses[1] == pytest.approx(float(expected), rel=1e-5)
 

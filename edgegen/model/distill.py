@@ -43,7 +43,13 @@ from edgegen.model.dit import DiT
 from edgegen.model.pipeline import Model, rollout, times_for
 from edgegen.model.text import TextEncoder
 from edgegen.model.train import DIT_ARCH, VAE_ARCH, Run, check_resume_config, fit
-from edgegen.model.train_dit import context, grow_blocks, object_weights, velocity_loss
+from edgegen.model.train_dit import (
+    chunk_weighted,
+    context,
+    grow_blocks,
+    object_weights,
+    velocity_loss,
+)
 from edgegen.model.vae import VAE
 
 log = logging.getLogger(__name__)
@@ -170,8 +176,6 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     times = torch.tensor(distill_times(cfg), dtype=torch.float32)
     B = tcfg.student.batch
 
-    weighting = replace(tcfg, fg_weight=tcfg.distill_fg_weight)
-
     def reflow_loss(rng: np.random.Generator, source: dict[str, np.ndarray], m: int) -> torch.Tensor:
         idx = rng.integers(len(source["tokens"]), size=m)
         n = torch.from_numpy(source["noise"][idx].astype(np.float32)).to(run.device)  # (m, T, C, h, w)
@@ -185,17 +189,16 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         txt, pooled = text(tokens)
         ctx, label = context(x0, tcfg)
         v = dit.forward_train((1 - tt) * x0 + tt * n, t, ctx, txt, pooled, label)
-        return velocity_loss(v, n - x0, object_weights(x0, weighting) if tcfg.distill_fg_weight > 0 else None)
+        weights = object_weights(x0, tcfg.distill_fg_weight, tcfg.fg_threshold) if tcfg.distill_fg_weight > 0 else None
+        return velocity_loss(v, n - x0, weights)
 
     def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
         loss = reflow_loss(rng, pairs, B)
         if first is None:
             return loss, {}, B
-        # each part's loss is a mean over its chunks: weigh the parts by those chunks
         loss_first = reflow_loss(rng, first, tcfg.distill_first_batch)
-        T, F1 = tcfg.clip_chunks, tcfg.distill_first_batch
-        total = (loss * B * T + loss_first * F1) / (B * T + F1)
-        return total, {"loss_first": loss_first.item()}, B + F1
+        parts = [(loss, B * tcfg.clip_chunks), (loss_first, tcfg.distill_first_batch)]
+        return chunk_weighted(parts), {"loss_first": loss_first.item()}, B + tcfg.distill_first_batch
 
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
         return cfg, student_gap(ema["text"], ema["dit"], cfg, val)

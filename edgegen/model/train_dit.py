@@ -176,15 +176,23 @@ def own_estimate(dit: DiT, x0: torch.Tensor, txt: torch.Tensor, pooled: torch.Te
     return xt - tt * dit.forward_train(xt, t, x0, txt, pooled)
 
 
-def object_weights(x0: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
+def object_weights(x0: torch.Tensor, fg_weight: float, fg_threshold: float) -> torch.Tensor:
     """Loss weights (B,T,1,h,w) for clean chunks x0 (B,T,C,h,w): 1 + fg_weight where a position departs
     from its chunk's background (per-channel spatial median) by more than fg_threshold, grown by one
     position so an object's edge counts too; 1 elsewhere."""
     B, T, _, h, w = x0.shape
     bg = x0.flatten(3).median(dim=3).values[..., None, None]
-    far = ((x0 - bg).square().sum(2) > tcfg.fg_threshold**2).float()  # (B, T, h, w)
+    far = ((x0 - bg).square().sum(2) > fg_threshold**2).float()  # (B, T, h, w)
     grown = F.max_pool2d(far.view(B * T, 1, h, w), 3, stride=1, padding=1).view(B, T, 1, h, w)
-    return 1.0 + tcfg.fg_weight * grown
+    return 1.0 + fg_weight * grown
+
+
+def chunk_weighted(parts: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    """One loss from parts that are each a mean over their own trained chunks: (loss, chunks) pairs
+    weighted by those chunks, so every trained chunk counts the same."""
+    if len(parts) == 1:
+        return parts[0][0]
+    return sum(loss * n for loss, n in parts) / sum(n for _, n in parts)
 
 
 def velocity_loss(v: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -216,7 +224,7 @@ def flow_loss(text: TextEncoder, dit: DiT, x0: torch.Tensor, tokens: torch.Tenso
         ctx[own] = own_estimate(dit, x0[own], txt[own].detach(), pooled[own].detach(), tcfg)
         label[own] = 0.0
     v = dit.forward_train(xt, t, ctx, txt, pooled, label)
-    weights = object_weights(x0[:, first:], tcfg) if tcfg.fg_weight > 0 else None
+    weights = object_weights(x0[:, first:], tcfg.fg_weight, tcfg.fg_threshold) if tcfg.fg_weight > 0 else None
     return velocity_loss(v[:, first:], (noise - x0)[:, first:], weights)
 
 
@@ -309,8 +317,7 @@ def train_teacher(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         if tcfg.first_batch > 0:  # first chunks only: generated from the text alone
             parts.append((batch_loss(rng, pool, tcfg.first_batch, 0, chunks=1), tcfg.first_batch))
             logs["loss_first"] = parts[-1][0].item()
-        total = parts[0][0] if len(parts) == 1 else sum(loss * n for loss, n in parts) / sum(n for _, n in parts)
-        return total, logs, B + (tcfg.late_batch if late is not None else 0) + tcfg.first_batch
+        return chunk_weighted(parts), logs, B + (tcfg.late_batch if late is not None else 0) + tcfg.first_batch
 
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
         return cfg, {"heldout_loss": heldout_loss(ema["text"], ema["dit"], val, tcfg, run.device),
