@@ -792,16 +792,38 @@ def _perturbations(scene: Scene, rng: np.random.Generator) -> dict[str, Scene]:
     return out
 
 
+NOT_FOUND = "none"  # the confusion tables' name for an expected object no track was matched to
+
+
+def _confuse(confusion: dict[str, Counter[tuple[str, str]]], result: JudgeResult) -> None:
+    """Tally (expected, found) per specified attribute of each object, and the clip's object count."""
+    for obj in result.objects:
+        for a in ATTRIBUTES:
+            want = getattr(obj.expected, a)
+            if want is not None:
+                confusion[a][(want, obj.found[a] or NOT_FOUND)] += 1
+    confusion["count"][(str(result.count_expected), str(result.count_found))] += 1
+
+
+def _nested(pairs: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (want, got), k in sorted(pairs.items()):
+        out.setdefault(want, {})[got] = k
+    return out
+
+
 def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = False,
              rejection_seed: int = 0) -> dict[str, Any]:
     """Judge (prompt, seed, video) samples; per-attribute accuracies overall and for one-object /
     two-object prompts. An attribute counts once per object that specifies it; count,
     consistency, sharpness and `passed` once per clip. With `rejection`, each clip is also judged
     against its prompt with one attribute changed (colour, shape, direction) and the report
-    gives how often that wrong prompt is rejected."""
+    gives how often that wrong prompt is rejected. `confusion` gives, per attribute and for the
+    object count, how often each expected value was found as each value (`none`: no object)."""
     from edgegen.world import parse_prompt
 
     tallies = {"all": _empty_tally(), "one_object": _empty_tally(), "two_objects": _empty_tally()}
+    confusion: dict[str, Counter[tuple[str, str]]] = {a: Counter() for a in (*ATTRIBUTES, "count")}
     rejected: dict[str, list[int]] = {}
     clips = []
     rng = np.random.default_rng(rejection_seed)
@@ -822,6 +844,7 @@ def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = F
             for name, oks in marks.items():
                 tally[name][0] += sum(oks)
                 tally[name][1] += len(oks)
+        _confuse(confusion, result)
         failed = sorted({a for a, oks in marks.items() if not all(oks)} - {"passed"})
         entry: dict[str, Any] = {"prompt": prompt, "seed": seed, "passed": result.passed, "failed": failed}
         if rejection:
@@ -840,6 +863,7 @@ def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = F
     report: dict[str, Any] = {
         "clips": len(clips),
         "accuracy": {group: rates(t) for group, t in tallies.items()},
+        "confusion": {a: _nested(c) for a, c in confusion.items()},
         "clip_results": clips,
     }
     if rejection:
@@ -866,6 +890,36 @@ def _share(r: dict[str, Any], with_error: bool) -> str:
     return f"{100 * r['accuracy']:.1f}%{spread} ({r['correct']}/{r['judged']})"
 
 
+def _value_order(attribute: str, values: set[str]) -> list[str]:
+    """The world's order of an attribute's values (counts numerically), the judge's extras after."""
+    from edgegen.world.scene import COLOURS, MOTIONS, SHAPES, SIZES
+
+    known = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "motion": MOTIONS}.get(attribute, ())
+    first = [v for v in known if v in values]
+    rest = sorted(values - set(first), key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+    return first + rest
+
+
+def _confusion_markdown(confusion: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    """One table per attribute: rows what the prompt asked for, columns what the judge found."""
+    lines = ["", "## What was found instead", "",
+             f"Rows: what the prompt asked for; columns: what the judge found (`{NOT_FOUND}`: no object matched). "
+             "A rotating circle found still passes the motion check, but is not counted as asked here."]
+    for attribute, rows in confusion.items():
+        if not rows:
+            continue
+        wanted = _value_order(attribute, set(rows))
+        found = _value_order(attribute, {v for row in rows.values() for v in row})
+        lines += ["", f"**{attribute}**", "", "| asked \\ found | " + " | ".join(found) + " | as asked |",
+                  "| --- |" + " --- |" * (len(found) + 1)]
+        for want in wanted:
+            row = rows[want]
+            total = sum(row.values())
+            cells = [f"**{row[v]}**" if v == want and v in row else str(row.get(v, "")) for v in found]
+            lines.append(f"| {want} | " + " | ".join(cells) + f" | {100 * row.get(want, 0) / total:.0f}% |")
+    return lines
+
+
 def report_markdown(report: dict[str, Any], title: str = "edgegen evaluation") -> str:
     """The report as a markdown table (rows: attributes; columns: all / one / two objects)."""
     groups = ("all", "one_object", "two_objects")
@@ -883,6 +937,8 @@ def report_markdown(report: dict[str, Any], title: str = "edgegen evaluation") -
         lines += ["", "Prompts with one attribute changed, rejected:", "", "| changed | rejected |", "| --- | --- |"]
         for k, r in report["rejection"].items():
             lines.append(f"| {k} | {100 * r['rate']:.1f}% ({r['rejected']}/{r['judged']}) |")
+    if "confusion" in report:
+        lines += _confusion_markdown(report["confusion"])
     return "\n".join(lines) + "\n"
 
 

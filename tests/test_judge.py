@@ -24,6 +24,7 @@ from edgegen.judge import (
     evaluate,
     judge,
     label_components,
+    report_markdown,
     score,
     write_report,
 )
@@ -204,6 +205,27 @@ def test_evaluate_report(tmp_path: Path) -> None:
     assert "| motion |" in md_path.read_text()
 
 
+def test_evaluate_tallies_what_was_found_instead() -> None:
+    right = render(parse_prompt("a large red circle moving right"), 0, 24, 64)
+    two = "a small green star and a big white box bouncing"
+    samples = [
+        ("a large red circle moving right", 0, right),
+        ("a large red circle moving left", 0, right),  # the judge finds 'right'
+        ("a large blue circle moving right", 0, right),  # the judge finds 'red'
+        (two, 0, render(parse_prompt(two), 0, 24, 64)),
+        ("a red circle", 0, np.zeros((24, 64, 64, 3), np.uint8)),  # nothing drawn
+    ]
+    report = evaluate(samples)
+    confusion = report["confusion"]
+    assert confusion["motion"]["right"] == {"right": 2} and confusion["motion"]["left"] == {"right": 1}
+    assert confusion["colour"]["blue"] == {"red": 1} and confusion["colour"]["red"] == {"none": 1, "red": 2}
+    assert confusion["count"] == {"1": {"0": 1, "1": 3}, "2": {"2": 1}}
+    assert sum(confusion["shape"]["circle"].values()) == 4
+    md = report_markdown(report)
+    assert "| left | 1 |  | 0% |" in md and "| right | **2** |  | 100% |" in md  # columns: right, bouncing
+    assert "| blue | 1 |  |  |  | 0% |" in md and "| 1 | 1 | **3** |  | 75% |" in md
+
+
 # ---------------------------------------------------------------------------------- commands
 
 
@@ -358,7 +380,7 @@ def test_eval_truth_window_judges_the_same_span_of_the_rendered_clip(tmp_path: P
 
 
 def test_report_shows_the_standard_error_of_each_share() -> None:
-    from edgegen.judge import report_markdown, standard_error
+    from edgegen.judge import standard_error
 
     assert standard_error(0, 0) is None and standard_error(5, 5) == 0.0
     assert standard_error(30, 40) == pytest.approx((0.75 * 0.25 / 40) ** 0.5)
