@@ -266,6 +266,35 @@ def test_primed_clips_start_from_the_world_s_chunks() -> None:
     assert all(0.0 <= r["colour"] <= 1.0 for r in rows)
 
 
+def test_first_chunk_from_another_model() -> None:
+    """FirstChunk: chunk 0 is the other model's from the same noise, committed by the stream's model;
+    the same model at the same settings changes nothing; another latent space is refused."""
+    from edgegen.model.pipeline import FirstChunk, generate_latents, generate_video, load_model
+    from edgegen.model.torch_backend import shipped_checkpoint
+
+    model = load_model(shipped_checkpoint())
+    prompt = "a green star moving up"
+    plain = generate_video(model, prompt, seed=5, frames=8)
+    np.testing.assert_array_equal(generate_video(model, prompt, seed=5, frames=8, first=FirstChunk(model, 2)), plain)
+    own4 = list(generate_latents(model, prompt, 5, 2, steps=4))
+    own2 = list(generate_latents(model, prompt, 5, 2))
+    mixed = list(generate_latents(model, prompt, 5, 2, first=FirstChunk(model, 4)))
+    np.testing.assert_allclose(mixed[0], own4[0], atol=1e-6)
+    assert not np.allclose(mixed[0], own2[0]) and not np.allclose(mixed[1], own2[1])
+    other = replace(model, config=replace(model.config, latent_channels=model.config.latent_channels + 1))
+    with pytest.raises(ValueError, match=r"another latent space \(latent_channels"):
+        next(generate_latents(model, prompt, 5, 1, first=FirstChunk(other)))
+
+
+def test_evaluate_first_chunk_flags_need_a_checkpoint(monkeypatch, capsys) -> None:
+    from edgegen.model import evaluate
+
+    monkeypatch.setattr("sys.argv", ["evaluate", "unused.safetensors", "--first-steps", "8"])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main()
+    assert exit_info.value.code == 2 and "--first-steps and --first-guidance need --first-from" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--primed", "0,x"], "--primed takes a comma list of whole numbers"),
     (["--primed", "-1"], "--primed takes counts of real chunks from 0 up"),

@@ -21,6 +21,12 @@ trip of them: whether the picture moves steadily or holds still for a chunk and 
 (K = 0: plain generation): how much of the score is lost in the first chunk, made from the text alone?
 `--vae-judge` judges the world's renders and the checkpoint's VAE round trip of them (`--frames`
 each): do the attributes survive the autoencoder?
+`--first-from CKPT` has another model of the same latent space (e.g. the teacher, `--first-steps 8`)
+make every stream's first chunk from the same noise, the checkpoint's model committing it and making
+the rest: what a better first chunk is worth to the whole clip.
+
+    python -m edgegen.model.evaluate edgegen/assets/default/checkpoint.safetensors --split heldout --n 200 --frames 32 \
+        --first-from checkpoints/teacher-default-objects.safetensors --first-steps 8 --first-guidance 2 --seed-base 1000
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from edgegen import sampling
 from edgegen.judge import compare, evaluate
 from edgegen.model.pipeline import (
     Cache,
+    FirstChunk,
     Model,
     denoise_chunk,
     encode_text,
@@ -68,7 +75,9 @@ def load(path: str, t_ctx: float | None = None) -> Model:
 
 
 def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: int, split: str, frames: int,
-          t_ctx: float | None = None) -> list[dict]:
+          t_ctx: float | None = None, first: FirstChunk | None = None, seed_base: int = 0) -> list[dict]:
+    """Judge pass rates per (guidance, steps): prompt i of `split` at seed `seed_base` + i; with `first`,
+    every stream's first chunk is made by that model (`FirstChunk`)."""
     from edgegen.world import prompts
 
     model = load(path, t_ctx)
@@ -76,14 +85,23 @@ def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: 
     for g in guidances:
         for s in steps:
             t0 = time.perf_counter()
-            samples = [(p, i, generate_video(model, p, seed=i, frames=frames, steps=s, guidance=g))
+            samples = [(p, seed_base + i, generate_video(model, p, seed=seed_base + i, frames=frames, steps=s, guidance=g, first=first))
                        for i, p in enumerate(prompts(split, n, seed=0))]
             rates = _rates(samples)
             row = {"checkpoint": path, "kind": model.kind, "split": split, "guidance": g if g is not None else model.default_guidance,
-                   "steps": s or model.default_steps, "t_ctx": model.config.t_ctx, "n": n, "seconds": round(time.perf_counter() - t0, 1),
-                   **rates}
+                   "steps": s or model.default_steps, "t_ctx": model.config.t_ctx, "n": n, "seed_base": seed_base,
+                   **_first_row(first), "seconds": round(time.perf_counter() - t0, 1), **rates}
             _emit(row, rows)
     return rows
+
+
+def _first_row(first: FirstChunk | None) -> dict:
+    """What made the first chunks, for a result row (nothing when the model made them itself)."""
+    if first is None:
+        return {}
+    model = first.model
+    return {"first_kind": model.kind, "first_steps": first.steps or model.default_steps,
+            "first_guidance": model.default_guidance if first.guidance is None else first.guidance}
 
 
 def steady_movers(split: str, n: int, seed: int = 0) -> list[str]:
@@ -343,6 +361,10 @@ def main() -> None:
     ap.add_argument("--stutter", type=int, default=0, help="chunks per clip for the inside- vs across-chunk frame change (see above)")
     ap.add_argument("--primed", default="", help="comma list of real first-chunk counts K: judge the --frames generated after them (see above)")
     ap.add_argument("--vae-judge", action="store_true", help="judge the world's renders and the checkpoint's VAE round trip of them (see above)")
+    ap.add_argument("--seed-base", type=int, default=0, help="prompt i runs at seed SEED_BASE + i (the judge sweep)")
+    ap.add_argument("--first-from", default=None, help="another checkpoint of the same latent space makes each stream's first chunk (the judge sweep; see above)")
+    ap.add_argument("--first-steps", type=int, default=None, help="its steps for that chunk (default: its own)")
+    ap.add_argument("--first-guidance", type=float, default=None, help="its guidance for that chunk (default: its own)")
     a = ap.parse_args()
     if a.t_ctx is not None and not 0.0 <= a.t_ctx < 1.0:
         ap.error(f"--t-ctx must be from 0 up to (not including) 1, not {a.t_ctx}")
@@ -370,7 +392,18 @@ def main() -> None:
         stutter(a.checkpoint, a.stutter, a.n, a.split, one_steps, a.t_ctx)
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
-    sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames, a.t_ctx)
+    sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames, a.t_ctx, _first_chunk(ap, a), a.seed_base)
+
+
+def _first_chunk(ap: argparse.ArgumentParser, a: argparse.Namespace) -> FirstChunk | None:
+    """--first-from/--first-steps/--first-guidance as a FirstChunk (None without --first-from)."""
+    if a.first_from is None:
+        if a.first_steps is not None or a.first_guidance is not None:
+            ap.error("--first-steps and --first-guidance need --first-from CHECKPOINT")
+        return None
+    if a.first_steps is not None and a.first_steps < 1:
+        ap.error(f"--first-steps must be 1 or more, not {a.first_steps}")
+    return FirstChunk(load(a.first_from), a.first_steps, a.first_guidance)
 
 
 if __name__ == "__main__":

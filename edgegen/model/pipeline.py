@@ -75,26 +75,67 @@ class Cache:
 
 
 @torch.no_grad()
-def denoise_chunk(
-    model: Model, x: torch.Tensor, times: list[float], pooled: torch.Tensor, cache: Cache, guidance: float, t_ctx: float,
-    commit_noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One chunk: Euler over `times`, then the commit pass into `cache`. x (B,C,h,w); with guidance != 1
-    `pooled` and the cache hold [cond; uncond] stacked (2B). With t_ctx > 0 the commit pass sees
-    (1 - t_ctx) x0 + t_ctx commit_noise (B,C,h,w), as in training. Returns x0 (B,C,h,w)."""
+def euler(model: Model, x: torch.Tensor, times: list[float], pooled: torch.Tensor, cache: Cache, guidance: float) -> torch.Tensor:
+    """A chunk's Euler steps over `times` from x (B,C,h,w); with guidance != 1 `pooled` and the cache
+    hold [cond; uncond] stacked (2B). Returns x0 (B,C,h,w)."""
     B = x.shape[0]
     cfg = guidance != 1.0
-    denoiser, commit = model.components["denoiser"], model.components["commit"]
+    denoiser = model.components["denoiser"]
     for t, t_next in itertools.pairwise(times):
         xin = torch.cat([x, x]) if cfg else x
         v = denoiser(xin, torch.full((xin.shape[0],), t), pooled, cache.context, cache.bias)
         if cfg:
             v = v[B:] + guidance * (v[:B] - v[B:])
         x = x + (t_next - t) * v  # Euler: x_{t'} = x_t + (t' - t) v
-    xin = committed(x, t_ctx, commit_noise)
-    xin = torch.cat([xin, xin]) if cfg else xin
-    cache.push(commit(xin, torch.full((xin.shape[0],), t_ctx), pooled, cache.context, cache.bias))
     return x
+
+
+@torch.no_grad()
+def commit_chunk(model: Model, x: torch.Tensor, pooled: torch.Tensor, cache: Cache, guidance: float, t_ctx: float,
+                 commit_noise: torch.Tensor | None = None) -> None:
+    """The commit pass: the finished chunk x (B,C,h,w) at t_ctx becomes the newest cache slot. With
+    t_ctx > 0 it sees (1 - t_ctx) x + t_ctx commit_noise, as in training."""
+    xin = committed(x, t_ctx, commit_noise)
+    xin = torch.cat([xin, xin]) if guidance != 1.0 else xin
+    cache.push(model.components["commit"](xin, torch.full((xin.shape[0],), t_ctx), pooled, cache.context, cache.bias))
+
+
+@torch.no_grad()
+def denoise_chunk(
+    model: Model, x: torch.Tensor, times: list[float], pooled: torch.Tensor, cache: Cache, guidance: float, t_ctx: float,
+    commit_noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One chunk: Euler over `times` (`euler`), then the commit pass into `cache` (`commit_chunk`). Returns x0."""
+    x = euler(model, x, times, pooled, cache, guidance)
+    commit_chunk(model, x, pooled, cache, guidance, t_ctx, commit_noise)
+    return x
+
+
+@dataclass(frozen=True)
+class FirstChunk:
+    """Another model of the same latent space that makes a stream's first chunk, the one generated
+    from the text alone (e.g. the teacher, with its guidance, at a few more steps); the stream's own
+    model commits that chunk and makes the rest. `steps` / `guidance` None: that model's defaults."""
+
+    model: Model
+    steps: int | None = None
+    guidance: float | None = None
+
+    def check(self, model: Model) -> None:
+        """ValueError unless this model's chunks are latents the stream's model reads the same way."""
+        fields = ("latent_channels", "latent_size", "latent_mean", "latent_std", "chunk_frames", "height", "width")
+        differ = [f for f in fields if getattr(self.model.config, f) != getattr(model.config, f)]
+        if differ:
+            raise ValueError(f"the first-chunk model has another latent space ({', '.join(differ)} differ)")
+
+    @torch.no_grad()
+    def sample(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The first chunk (B,C,h,w) from noise x, for tokens (B,L): an empty cache, no commit pass."""
+        model = self.model
+        guidance = model.default_guidance if self.guidance is None else self.guidance
+        text, pooled = encode_text(model, tokens, guidance)
+        times = times_for(model.config, self.steps or model.default_steps)
+        return euler(model, x, times, pooled, Cache(model, text), guidance)
 
 
 def committed(x: torch.Tensor, t_ctx: float, noise: torch.Tensor | None) -> torch.Tensor:
@@ -130,9 +171,13 @@ def rollout(model: Model, tokens: torch.Tensor, noise: torch.Tensor, steps: int,
 @torch.no_grad()
 def generate_latents(
     model: Model, prompt: str, seed: int, chunks: int, steps: int | None = None, guidance: float | None = None,
+    first: FirstChunk | None = None,
 ) -> Iterator[np.ndarray]:
-    """Normalised latents (1,C,h,w) float32, one chunk at a time, noise from `sampling.stream_rng(seed)`."""
+    """Normalised latents (1,C,h,w) float32, one chunk at a time, noise from `sampling.stream_rng(seed)`;
+    with `first`, chunk 0 is that model's from the same noise (`FirstChunk`)."""
     cfg = model.config
+    if first is not None:
+        first.check(model)
     steps = steps or model.default_steps
     guidance = model.default_guidance if guidance is None else guidance
     tokens = torch.from_numpy(model.tokenizer.encode(prompt))[None]
@@ -141,10 +186,15 @@ def generate_latents(
     rng, commit_rng = sampling.stream_rng(seed), sampling.commit_rng(seed)
     times = times_for(cfg, steps)
     shape = (1, cfg.latent_channels, *cfg.latent_size)
-    for _ in range(chunks):
+    for i in range(chunks):
         x = torch.from_numpy(sampling.chunk_noise(rng, shape))
         noise = torch.from_numpy(sampling.commit_noise(commit_rng, shape)) if cfg.t_ctx else None
-        yield denoise_chunk(model, x, times, pooled, cache, guidance, cfg.t_ctx, noise).numpy()
+        if i == 0 and first is not None:
+            x = first.sample(torch.from_numpy(first.model.tokenizer.encode(prompt))[None], x)
+            commit_chunk(model, x, pooled, cache, guidance, cfg.t_ctx, noise)
+        else:
+            x = denoise_chunk(model, x, times, pooled, cache, guidance, cfg.t_ctx, noise)
+        yield x.numpy()
 
 
 @torch.no_grad()
@@ -159,8 +209,10 @@ def decode_latents(model: Model, latents: Iterator[np.ndarray]) -> Iterator[np.n
 
 def generate_video(
     model: Model, prompt: str, seed: int = 0, frames: int = 48, steps: int | None = None, guidance: float | None = None,
+    first: FirstChunk | None = None,
 ) -> np.ndarray:
     """uint8 [frames, H, W, 3]: the reference output of the streaming loop for one prompt and seed."""
     chunks = -(-frames // model.config.chunk_frames)
-    video = np.concatenate(list(decode_latents(model, generate_latents(model, prompt, seed, chunks, steps, guidance))))
+    latents = generate_latents(model, prompt, seed, chunks, steps, guidance, first)
+    video = np.concatenate(list(decode_latents(model, latents)))
     return (video[:frames] * 255.0 + 0.5).astype(np.uint8)
