@@ -909,7 +909,7 @@ def _confusion_markdown(confusion: dict[str, dict[str, dict[str, int]]]) -> list
         if not rows:
             continue
         wanted = _value_order(attribute, set(rows))
-        found = _value_order(attribute, {v for row in rows.values() for v in row})
+        found = _value_order(attribute, set(rows) | {v for row in rows.values() for v in row})  # asked ones too
         lines += ["", f"**{attribute}**", "", "| asked \\ found | " + " | ".join(found) + " | as asked |",
                   "| --- |" + " --- |" * (len(found) + 1)]
         for want in wanted:

@@ -222,8 +222,9 @@ def test_evaluate_tallies_what_was_found_instead() -> None:
     assert confusion["count"] == {"1": {"0": 1, "1": 3}, "2": {"2": 1}}
     assert sum(confusion["shape"]["circle"].values()) == 4
     md = report_markdown(report)
-    assert "| left | 1 |  | 0% |" in md and "| right | **2** |  | 100% |" in md  # columns: right, bouncing
-    assert "| blue | 1 |  |  |  | 0% |" in md and "| 1 | 1 | **3** |  | 75% |" in md
+    assert "| asked \\ found | left | right | bouncing | as asked |" in md  # every asked value is a column
+    assert "| left |  | 1 |  | 0% |" in md and "| right |  | **2** |  | 100% |" in md
+    assert "| blue | 1 |  |  |  |  | 0% |" in md and "| 1 | 1 | **3** |  | 75% |" in md
 
 
 # ---------------------------------------------------------------------------------- commands
