@@ -82,6 +82,7 @@ def test_teacher_resume_student_and_sampling(tmp_path: Path, tiny: tuple) -> Non
     assert len(list((tmp_path / "a" / "student" / "pairs").glob("*/train_*.npz"))) == 2
     _student_learns_first_chunks_harder(tmp_path, cfg, tcfg)
     _student_can_be_deeper_than_its_teacher(tmp_path, cfg, tcfg)
+    _student_matches_the_teacher_s_first_chunks(tmp_path, cfg, tcfg, student)
 
     from edgegen.model.pipeline import generate_video, load_model
 
@@ -113,6 +114,39 @@ def _student_learns_first_chunks_harder(tmp_path: Path, cfg, tcfg) -> None:
         from edgegen.model.config import validate
 
         validate(cfg, replace(tcfg, distill_first_batch=0))
+
+
+def _student_matches_the_teacher_s_first_chunks(tmp_path: Path, cfg, tcfg, init: Path) -> None:
+    """DMD on first chunks: the fake score trains beside the student, is checkpointed (exact resume) and
+    dropped when shipping; --init starts the student from a trained student's weights."""
+    import json
+
+    import numpy as np
+
+    from edgegen.model.checkpoint import ship_checkpoint
+    from edgegen.model.distill import FAKE
+
+    tcfg = replace(tcfg, distill_dmd_batch=2, distill_dmd_weight=0.5)
+    full = train_stage("student", cfg, tcfg, Run(out=tmp_path / "a", steps=3, progress=False, force=True))
+    ck = load_checkpoint(full)
+    assert set(ck.model) == set(ck.ema) == {"vae", "text", "dit", FAKE} and "DMD" in ck.extra["method"]
+    rows = [json.loads(line) for line in (tmp_path / "a" / "student" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_dmd"]) and np.isfinite(r["loss_fake"]) for r in rows if "loss_dmd" in r)
+    assert any("loss_dmd" in r for r in rows)
+    teacher_fake = load_checkpoint(tmp_path / "a" / "teacher" / "last.safetensors").weights()["dit"]
+    assert any(not torch.equal(v, teacher_fake[k]) for k, v in ck.model[FAKE].items())  # the fake score trained
+    kept = tmp_path / "full.safetensors"
+    kept.write_bytes(full.read_bytes())
+    train_stage("student", cfg, tcfg, Run(out=tmp_path / "a", steps=2, progress=False, force=True))
+    _assert_same(kept, train_stage("student", cfg, tcfg, Run(out=tmp_path / "a", steps=3, resume=True, progress=False)))
+    assert set(load_checkpoint(ship_checkpoint(kept, tmp_path / "ship.safetensors")).model) == {"vae", "text", "dit"}
+    # --init: one step from a trained student stays next to it, not next to the teacher
+    started = load_checkpoint(train_stage("student", cfg, replace(tcfg, distill_dmd_batch=0),
+                                          Run(out=tmp_path / "a", steps=1, progress=False, force=True, init=init))).model["dit"]
+    before, teacher = load_checkpoint(init).weights()["dit"], load_checkpoint(tmp_path / "a" / "teacher" / "last.safetensors").weights()["dit"]
+    def gap(a: dict, b: dict) -> float:
+        return sum(float((a[k].float() - b[k].float()).square().sum()) for k in a)
+    assert gap(started, before) < gap(started, teacher)
 
 
 def _student_can_be_deeper_than_its_teacher(tmp_path: Path, cfg, tcfg) -> None:

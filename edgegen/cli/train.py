@@ -41,7 +41,7 @@ def train(
     minutes: float = typer.Option(None, "--minutes", min=0.0, help="Stop after this many minutes of wall clock (checkpoint saved)."),
     vae: Path = typer.Option(None, "--vae", help="Teacher stage: the VAE checkpoint (default <out>/vae/last.safetensors)."),
     teacher: Path = typer.Option(None, "--teacher", help="Student stage: the teacher checkpoint (default <out>/teacher/last.safetensors)."),
-    init: Path = typer.Option(None, "--init", help="Teacher stage: warm start the text encoder and DiT (and the VAE) from this checkpoint's weights; VAE stage: warm start the VAE (e.g. to fine-tune its decoder); a fresh optimizer either way."),
+    init: Path = typer.Option(None, "--init", help="Teacher stage: warm start the text encoder and DiT (and the VAE) from this checkpoint's weights; student stage: start the student from a trained student's (e.g. to fine-tune the shipped one); VAE stage: warm start the VAE (e.g. to fine-tune its decoder); a fresh optimizer either way."),
     threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs still written)."),
 ) -> None:

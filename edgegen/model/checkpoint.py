@@ -25,6 +25,7 @@ from edgegen.files import atomic_path
 from edgegen.model.config import ModelConfig
 
 FORMAT = "edgegen.checkpoint.v1"
+MODEL_MODULES = ("vae", "text", "dit")  # what a model runs with; a checkpoint may hold training-only modules too
 
 
 @dataclass
@@ -183,16 +184,18 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor] | None, misma
 
 
 def ship_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """The shipped form of a trained checkpoint: EMA weights only, fp16, no optimizer or RNG."""
+    """The shipped form of a trained checkpoint: EMA weights of the model's own modules only (no
+    training-only ones such as a DMD fake score), fp16, no optimizer or RNG."""
     ck = load_checkpoint(src)
-    return save_checkpoint(dst, ck.weights(), ck.config, ck.step, kind=ck.kind, extra=ck.extra, dtype=torch.float16)
+    weights = {k: v for k, v in ck.weights().items() if k in MODEL_MODULES}
+    return save_checkpoint(dst, weights, ck.config, ck.step, kind=ck.kind, extra=ck.extra, dtype=torch.float16)
 
 
 def with_vae_decoder(src: str | Path, vae_src: str | Path, dst: str | Path) -> Path:
     """`src` (a teacher or student) with the VAE decoder of `vae_src` (a decoder fine-tune that kept
     `src`'s encoder, so the latent space, and with it the DiT, is unchanged): EMA weights, fp16."""
     ck, vae_ck = load_checkpoint(src), load_checkpoint(vae_src)
-    weights, vae = ck.weights(), vae_ck.weights().get("vae")
+    weights, vae = {k: v for k, v in ck.weights().items() if k in MODEL_MODULES}, vae_ck.weights().get("vae")
     if "vae" not in weights or vae is None:
         raise UserError(f"both checkpoints need VAE weights ({src}: {ck.kind}, {vae_src}: {vae_ck.kind})")
     encoder = {k: v for k, v in weights["vae"].items() if k.startswith("encoder.")}

@@ -151,6 +151,12 @@ class TrainConfig:
     distill_first_batch: int = 0
     # Object-weighted distillation loss (as `fg_weight`, with objects found in the teacher's latents).
     distill_fg_weight: float = 0.0
+    # Distribution matching on the first chunk (DMD, Yin et al. 2024): distill_dmd_batch first chunks per
+    # student step, sampled by the student from fresh noise, are pushed toward the guided teacher's
+    # distribution by the difference of a "fake" score (trained online on the student's samples) and the
+    # teacher's, weighted distill_dmd_weight; the reflow loss on the cached pairs stays as DMD's regression term.
+    distill_dmd_batch: int = 0
+    distill_dmd_weight: float = 1.0
     vae: StageConfig = field(default_factory=lambda: StageConfig(batch=32, lr=1e-3, steps=20000))
     teacher: StageConfig = field(default_factory=lambda: StageConfig(batch=64, lr=5e-4, steps=40000))
     student: StageConfig = field(default_factory=lambda: StageConfig(batch=64, lr=1e-4, steps=5000))
@@ -307,6 +313,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "fg_weight": _nums(0.0), "fg_threshold": _positive(),
     "distill_pairs": _ints(1), "distill_random_t": _PROB,
     "distill_first_pairs": _ints(0), "distill_first_batch": _ints(0), "distill_fg_weight": _nums(0.0),
+    "distill_dmd_batch": _ints(0), "distill_dmd_weight": _nums(0.0),
 }
 
 

@@ -16,6 +16,16 @@ they have no context, `distill_first_batch` of them joining each step), and the 
 (`distill_fg_weight`: positions where the teacher's latents depart from their background weigh more,
 as the teacher's `fg_weight`). A config whose DiT is deeper than the teacher's distils into a grown
 copy of the teacher's DiT (`train_dit.grow_blocks`): a student with more capacity than its teacher.
+
+`distill_dmd_batch` > 0 adds distribution matching distillation on the first chunk (DMD, Yin et al.
+2024; DMD2, Yin et al. 2024b), where the student loses most of its teacher's score: the student samples
+first chunks from fresh noise (one of its step times, the steps before it without gradient); each is
+noised to a random t and denoised by the guided teacher (the real score) and by a copy of the teacher
+trained online on the student's own samples (the fake score); the student's sample moves along the
+difference of their clean estimates, fake minus real, normalised per sample. The reflow loss on the
+cached pairs stays as DMD's regression term. The fake score is trained in the same step and kept in the
+student's checkpoint (`FAKE`) so a run resumes exactly; it is dropped when the checkpoint ships.
+`--init` starts the student from a trained student's weights (e.g. the shipped one) instead of the teacher's.
 """
 
 from __future__ import annotations
@@ -48,7 +58,9 @@ from edgegen.model.train_dit import (
     context,
     grow_blocks,
     object_weights,
+    sample_t,
     velocity_loss,
+    warm_start,
 )
 from edgegen.model.vae import VAE
 
@@ -59,6 +71,7 @@ log = logging.getLogger(__name__)
 TEACHER_SAMPLER = ("guidance", "teacher_steps", "shift", "t_ctx")
 
 SHARD = 64  # rollouts per shard file
+FAKE = "fake_dit"  # the DMD fake score's module in a student checkpoint (training only, never shipped)
 
 
 def load_teacher(path: Path) -> tuple[ModelConfig, dict[str, nn.Module]]:
@@ -136,6 +149,69 @@ def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np
     return out
 
 
+def _one_chunk(dit: DiT, x: torch.Tensor, t: torch.Tensor, txt: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """The velocity of first chunks x (B,C,h,w) at t (B,): no context, as chunk 0 of a stream."""
+    return dit.forward_train(x[:, None], t[:, None], x[:, None], txt, pooled)[:, 0]
+
+
+class FirstChunkDMD:
+    """Distribution matching on first chunks (module docstring): the frozen guided teacher is the real
+    score, `fake` (a trainable copy of the teacher's DiT, conditioned through the teacher's text encoder)
+    the fake one."""
+
+    def __init__(self, text: TextEncoder, dit: DiT, cfg: ModelConfig) -> None:
+        self.text = text.eval().requires_grad_(False)
+        self.real = dit.eval().requires_grad_(False)
+        self.fake = copy.deepcopy(dit).train().requires_grad_(True)
+        self.guidance = cfg.guidance
+        self.times = times_for(cfg, cfg.default_steps)
+        self.t_sampling = "logit_normal"
+
+    def to_device(self, device: str) -> FirstChunkDMD:
+        for m in (self.text, self.real, self.fake):
+            m.to(device)
+        return self
+
+    @torch.no_grad()
+    def _start(self, rng: np.random.Generator, text: TextEncoder, dit: DiT, noise: torch.Tensor,
+               txt: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The student's first chunk at one of its step times (chosen at random), reached by its own
+        Euler steps from `noise` without gradient -> (x at that time, the time)."""
+        k = int(rng.integers(len(self.times) - 1))
+        x = noise
+        for t, t_next in zip(self.times[:k], self.times[1 : k + 1], strict=True):
+            x = x + (t_next - t) * _one_chunk(dit, x, torch.full((len(x),), t, device=x.device), txt, pooled)
+        return x, self.times[k]
+
+    def losses(self, rng: np.random.Generator, text: TextEncoder, dit: DiT, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distribution matching loss of the student's first chunks, the fake score's flow loss on them)."""
+        m = len(tokens)
+        h, w = dit.cfg.latent_size
+        noise = torch.randn(m, dit.cfg.latent_channels, h, w, device=tokens.device)
+        txt, pooled = text(tokens)
+        x, t = self._start(rng, text, dit, noise, txt.detach(), pooled.detach())
+        tk = torch.full((m,), t, device=x.device)
+        x0 = x - t * _one_chunk(dit, x, tk, txt, pooled)  # the student's sample, with gradient
+        with torch.no_grad():
+            tau = 0.02 + 0.96 * torch.rand(m, device=x.device)
+            tt = tau.view(m, 1, 1, 1)
+            xt = (1 - tt) * x0 + tt * torch.randn_like(x0)
+            real_txt, real_pooled = self.text(torch.cat([tokens, torch.zeros_like(tokens)]))
+            v = _one_chunk(self.real, torch.cat([xt, xt]), torch.cat([tau, tau]), real_txt, real_pooled)
+            v_real = v[m:] + self.guidance * (v[:m] - v[m:])
+            v_fake = _one_chunk(self.fake, xt, tau, real_txt[:m], real_pooled[:m])
+            real, fake = xt - tt * v_real, xt - tt * v_fake
+            scale = (x0 - real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-4)
+            target = x0 - (fake - real) / scale
+        loss_dm = 0.5 * F.mse_loss(x0, target)
+        # the fake score follows the student's current samples (flow matching on them, no gradient to the student)
+        clean = x0.detach()
+        s = sample_t(None, (m,), self.t_sampling, clean.device).view(m, 1, 1, 1)
+        n = torch.randn_like(clean)
+        v = _one_chunk(self.fake, (1 - s) * clean + s * n, s.flatten(), real_txt[:m], real_pooled[:m])
+        return loss_dm, F.mse_loss(v, n - clean)
+
+
 def pairs_key(teacher_path: Path, cfg: ModelConfig, tcfg: TrainConfig) -> str:
     """Cache folder name for teacher rollouts: the teacher file's digest and every number that shapes them."""
     sampler = {f: getattr(cfg, f) for f in TEACHER_SAMPLER}
@@ -158,6 +234,8 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     if run.resume and last.exists():  # before the rollouts: the student's weights must be of the same shapes
         check_resume_config(last, student_cfg, (*VAE_ARCH, *DIT_ARCH))
     teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")
+    dmd = (FirstChunkDMD(copy.deepcopy(modules["text"]), copy.deepcopy(modules["dit"]), cfg).to_device(run.device)
+           if tcfg.distill_dmd_batch > 0 else None)
     # Rollouts are cached per teacher and sampler: pairs of another teacher or guidance are never reused.
     folder = run.out / "student" / "pairs" / pairs_key(teacher_path, cfg, tcfg)
     pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress)
@@ -173,6 +251,8 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         modules["dit"] = grown
     text, dit, vae = modules["text"].to(run.device), modules["dit"].to(run.device), modules["vae"].to(run.device)
     vae.eval().requires_grad_(False)
+    if run.init is not None and not (run.resume and last.exists()):  # a trained student's weights, not the teacher's
+        warm_start(Path(run.init), {"text": text, "dit": dit})
     times = torch.tensor(distill_times(cfg), dtype=torch.float32)
     B = tcfg.student.batch
 
@@ -192,7 +272,7 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         weights = object_weights(x0, tcfg.distill_fg_weight, tcfg.fg_threshold) if tcfg.distill_fg_weight > 0 else None
         return velocity_loss(v, n - x0, weights)
 
-    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+    def pair_loss(rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float], int]:
         loss = reflow_loss(rng, pairs, B)
         if first is None:
             return loss, {}, B
@@ -200,10 +280,21 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
         parts = [(loss, B * tcfg.clip_chunks), (loss_first, tcfg.distill_first_batch)]
         return chunk_weighted(parts), {"loss_first": loss_first.item()}, B + tcfg.distill_first_batch
 
+    def loss_fn(rng: np.random.Generator, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        loss, logs, clips = pair_loss(rng)
+        if dmd is None:
+            return loss, logs, clips
+        idx = rng.integers(len(pairs["tokens"]), size=tcfg.distill_dmd_batch)
+        loss_dm, loss_fake = dmd.losses(rng, text, dit, torch.from_numpy(pairs["tokens"][idx]).to(run.device))
+        logs.update(loss_dmd=loss_dm.item(), loss_fake=loss_fake.item())
+        return loss + tcfg.distill_dmd_weight * loss_dm + loss_fake, logs, clips + tcfg.distill_dmd_batch
+
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
         return cfg, student_gap(ema["text"], ema["dit"], cfg, val)
 
-    return fit("student", cfg, tcfg, run, {"text": text, "dit": dit}, loss_fn, frozen={"vae": vae},
-               before_save=before_save, extra={"teacher": str(teacher_path), "method": "reflow distillation of the guided teacher"})
+    trainable = {"text": text, "dit": dit, **({FAKE: dmd.fake} if dmd is not None else {})}
+    method = "reflow distillation of the guided teacher" + (" + distribution matching (DMD) on the first chunk" if dmd else "")
+    return fit("student", cfg, tcfg, run, trainable, loss_fn, frozen={"vae": vae},
+               before_save=before_save, extra={"teacher": str(teacher_path), "method": method})
 
 

@@ -54,7 +54,7 @@ class Run:
     progress: bool = True
     vae: Path | None = None  # teacher: the VAE checkpoint (default out/vae/last.safetensors)
     teacher: Path | None = None  # student: the teacher checkpoint (default out/teacher/last.safetensors)
-    init: Path | None = None  # teacher: warm start from these weights (a fresh optimizer, step 0)
+    init: Path | None = None  # teacher, student or VAE: warm start from these weights (a fresh optimizer, step 0)
 
 
 def lr_at(step: int, s: StageConfig) -> float:
