@@ -130,6 +130,7 @@ def _student_matches_the_teacher_s_first_chunks(tmp_path: Path, cfg, tcfg, init:
     full = train_stage("student", cfg, tcfg, Run(out=tmp_path / "a", steps=3, progress=False, force=True))
     ck = load_checkpoint(full)
     assert set(ck.model) == set(ck.ema) == {"vae", "text", "dit", FAKE} and "DMD" in ck.extra["method"]
+    assert {g["lr_scale"] for g in ck.optimizer["param_groups"]} == {1.0, tcfg.distill_fake_lr_scale}  # the fake's own rate
     rows = [json.loads(line) for line in (tmp_path / "a" / "student" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss_dmd"]) and np.isfinite(r["loss_fake"]) for r in rows if "loss_dmd" in r)
     assert any("loss_dmd" in r for r in rows)

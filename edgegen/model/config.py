@@ -157,6 +157,9 @@ class TrainConfig:
     # teacher's, weighted distill_dmd_weight; the reflow loss on the cached pairs stays as DMD's regression term.
     distill_dmd_batch: int = 0
     distill_dmd_weight: float = 1.0
+    # The fake score's learning rate as a multiple of the student's (it must track the student's samples;
+    # DMD2 gives it several updates per student step for the same reason), with its own gradient clipping.
+    distill_fake_lr_scale: float = 5.0
     vae: StageConfig = field(default_factory=lambda: StageConfig(batch=32, lr=1e-3, steps=20000))
     teacher: StageConfig = field(default_factory=lambda: StageConfig(batch=64, lr=5e-4, steps=40000))
     student: StageConfig = field(default_factory=lambda: StageConfig(batch=64, lr=1e-4, steps=5000))
@@ -313,7 +316,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "fg_weight": _nums(0.0), "fg_threshold": _positive(),
     "distill_pairs": _ints(1), "distill_random_t": _PROB,
     "distill_first_pairs": _ints(0), "distill_first_batch": _ints(0), "distill_fg_weight": _nums(0.0),
-    "distill_dmd_batch": _ints(0), "distill_dmd_weight": _nums(0.0),
+    "distill_dmd_batch": _ints(0), "distill_dmd_weight": _nums(0.0), "distill_fake_lr_scale": _positive(),
 }
 
 

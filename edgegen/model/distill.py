@@ -294,7 +294,7 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
 
     trainable = {"text": text, "dit": dit, **({FAKE: dmd.fake} if dmd is not None else {})}
     method = "reflow distillation of the guided teacher" + (" + distribution matching (DMD) on the first chunk" if dmd else "")
-    return fit("student", cfg, tcfg, run, trainable, loss_fn, frozen={"vae": vae},
-               before_save=before_save, extra={"teacher": str(teacher_path), "method": method})
+    return fit("student", cfg, tcfg, run, trainable, loss_fn, frozen={"vae": vae}, before_save=before_save,
+               extra={"teacher": str(teacher_path), "method": method}, lr_scale={FAKE: tcfg.distill_fake_lr_scale})
 
 

@@ -91,9 +91,12 @@ def fit(
     frozen: dict[str, nn.Module] | None = None,
     before_save: Callable[[dict[str, nn.Module], int], tuple[ModelConfig, dict[str, Any]]] | None = None,
     extra: dict[str, Any] | None = None,
+    lr_scale: dict[str, float] | None = None,
 ) -> Path:
     """The shared training loop. `loss_fn(rng, step) -> (loss, logs, clips)`; `before_save(ema, step)`
-    may update the config (e.g. latent statistics) and return metrics for the log."""
+    may update the config (e.g. latent statistics) and return metrics for the log. `lr_scale` gives
+    trainable modules their own learning-rate multiple and their own gradient clipping (e.g. a critic
+    trained beside the model, as DMD's fake score); the log's grad_norm is the other modules'."""
     from tqdm import tqdm
 
     s: StageConfig = getattr(tcfg, stage)
@@ -101,12 +104,14 @@ def fit(
     stage_dir = run.out / stage
     make_dir(stage_dir)
     last = stage_dir / "last.safetensors"
-    params = [p for m in trainable.values() for p in m.parameters() if p.requires_grad]
-    decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=s.lr, betas=(0.9, 0.99),
-    )
+    lr_scale = lr_scale or {}
+    scaled = {scale: [p for k, m in trainable.items() if lr_scale.get(k, 1.0) == scale for p in m.parameters() if p.requires_grad]
+              for scale in dict.fromkeys([1.0, *lr_scale.values()])}  # scale 1 first: the groups of a plain run as before
+    groups = []
+    for scale, ps in scaled.items():
+        groups += [{"params": [p for p in ps if p.ndim >= 2], "weight_decay": s.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in ps if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    opt = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.99))
     ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in trainable.items()}
     rng = np.random.default_rng([tcfg.seed, STAGES.index(stage)])
     torch.manual_seed(tcfg.seed * 3 + STAGES.index(stage))
@@ -166,11 +171,13 @@ def fit(
                 break
             lr = lr_at(step, s)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # checkpoints from before lr_scale have none
             loss, logs, clips = loss_fn(rng, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip) if s.grad_clip > 0 else torch.tensor(0.0)
+            norms = [torch.nn.utils.clip_grad_norm_(ps, s.grad_clip) if s.grad_clip > 0 and ps else torch.tensor(0.0)
+                     for ps in scaled.values()]
+            gnorm = norms[0]
             opt.step()
             decay = ema_decay(step, s)
             for k, m in trainable.items():
