@@ -173,8 +173,8 @@ class FirstChunkDMD:
         return self
 
     @torch.no_grad()
-    def _start(self, rng: np.random.Generator, text: TextEncoder, dit: DiT, noise: torch.Tensor,
-               txt: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def _start(self, rng: np.random.Generator, dit: DiT, noise: torch.Tensor, txt: torch.Tensor,
+               pooled: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The student's first chunk at one of its step times (chosen at random), reached by its own
         Euler steps from `noise` without gradient -> (x at that time, the time)."""
         k = int(rng.integers(len(self.times) - 1))
@@ -189,7 +189,7 @@ class FirstChunkDMD:
         h, w = dit.cfg.latent_size
         noise = torch.randn(m, dit.cfg.latent_channels, h, w, device=tokens.device)
         txt, pooled = text(tokens)
-        x, t = self._start(rng, text, dit, noise, txt.detach(), pooled.detach())
+        x, t = self._start(rng, dit, noise, txt.detach(), pooled.detach())
         tk = torch.full((m,), t, device=x.device)
         x0 = x - t * _one_chunk(dit, x, tk, txt, pooled)  # the student's sample, with gradient
         with torch.no_grad():
