@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -284,6 +285,12 @@ def test_first_chunk_from_another_model() -> None:
     other = replace(model, config=replace(model.config, latent_channels=model.config.latent_channels + 1))
     with pytest.raises(ValueError, match=r"another latent space \(latent_channels"):
         next(generate_latents(model, prompt, 5, 1, first=FirstChunk(other)))
+    encoder = copy.deepcopy(model.components["vae_encoder"])
+    with torch.no_grad():
+        next(encoder.parameters()).add_(0.1)
+    retrained = replace(model, components={**model.components, "vae_encoder": encoder})
+    with pytest.raises(ValueError, match="VAE encoder differ"):
+        next(generate_latents(model, prompt, 5, 1, first=FirstChunk(retrained)))
 
 
 def test_evaluate_first_chunk_flags_need_a_checkpoint(monkeypatch, capsys) -> None:

@@ -292,9 +292,11 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     def before_save(ema: dict[str, nn.Module], step: int) -> tuple[ModelConfig, dict[str, Any]]:
         return cfg, student_gap(ema["text"], ema["dit"], cfg, val)
 
-    trainable = {"text": text, "dit": dit, **({FAKE: dmd.fake} if dmd is not None else {})}
+    trainable, lr_scale = {"text": text, "dit": dit}, {}
+    if dmd is not None:
+        trainable[FAKE], lr_scale[FAKE] = dmd.fake, tcfg.distill_fake_lr_scale
     method = "reflow distillation of the guided teacher" + (" + distribution matching (DMD) on the first chunk" if dmd else "")
     return fit("student", cfg, tcfg, run, trainable, loss_fn, frozen={"vae": vae}, before_save=before_save,
-               extra={"teacher": str(teacher_path), "method": method}, lr_scale={FAKE: tcfg.distill_fake_lr_scale})
+               extra={"teacher": str(teacher_path), "method": method}, lr_scale=lr_scale)
 
 

@@ -403,7 +403,12 @@ def _first_chunk(ap: argparse.ArgumentParser, a: argparse.Namespace) -> FirstChu
         return None
     if a.first_steps is not None and a.first_steps < 1:
         ap.error(f"--first-steps must be 1 or more, not {a.first_steps}")
-    return FirstChunk(load(a.first_from), a.first_steps, a.first_guidance)
+    first = FirstChunk(load(a.first_from), a.first_steps, a.first_guidance)
+    try:
+        first.check(load(a.checkpoint))
+    except ValueError as exc:
+        ap.error(f"--first-from {a.first_from}: {exc}; pass a checkpoint of the same VAE")
+    return first
 
 
 if __name__ == "__main__":

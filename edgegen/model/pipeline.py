@@ -125,6 +125,11 @@ class FirstChunk:
         """ValueError unless this model's chunks are latents the stream's model reads the same way."""
         fields = ("latent_channels", "latent_size", "latent_mean", "latent_std", "chunk_frames", "height", "width")
         differ = [f for f in fields if getattr(self.model.config, f) != getattr(model.config, f)]
+        mine, theirs = (m.components.get("vae_encoder") for m in (self.model, model))
+        if mine is not None and theirs is not None:  # the same encoder made both models' latents (compared in fp16:
+            other = theirs.state_dict()             # a run's fp32 weights and their shipped fp16 copy are one encoder)
+            if any(not torch.equal(v.half(), other[k].half()) for k, v in mine.state_dict().items()):
+                differ.append("VAE encoder")
         if differ:
             raise ValueError(f"the first-chunk model has another latent space ({', '.join(differ)} differ)")
 

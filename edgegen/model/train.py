@@ -105,10 +105,13 @@ def fit(
     make_dir(stage_dir)
     last = stage_dir / "last.safetensors"
     lr_scale = lr_scale or {}
-    scaled = {scale: [p for k, m in trainable.items() if lr_scale.get(k, 1.0) == scale for p in m.parameters() if p.requires_grad]
-              for scale in dict.fromkeys([1.0, *lr_scale.values()])}  # scale 1 first: the groups of a plain run as before
+    assert set(lr_scale) <= set(trainable), "lr_scale names modules that are not trained"
+    # (learning-rate multiple, parameters) per clipping set: the modules without a scale first, so a plain
+    # run's optimizer groups are what they always were; then each scaled module on its own
+    sets = [(1.0, [p for k, m in trainable.items() if k not in lr_scale for p in m.parameters() if p.requires_grad])]
+    sets += [(scale, [p for p in trainable[k].parameters() if p.requires_grad]) for k, scale in lr_scale.items()]
     groups = []
-    for scale, ps in scaled.items():
+    for scale, ps in sets:
         groups += [{"params": [p for p in ps if p.ndim >= 2], "weight_decay": s.weight_decay, "lr_scale": scale},
                    {"params": [p for p in ps if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
     opt = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.99))
@@ -176,7 +179,7 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norms = [torch.nn.utils.clip_grad_norm_(ps, s.grad_clip) if s.grad_clip > 0 and ps else torch.tensor(0.0)
-                     for ps in scaled.values()]
+                     for _, ps in sets]
             gnorm = norms[0]
             opt.step()
             decay = ema_decay(step, s)
