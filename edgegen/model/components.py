@@ -207,11 +207,11 @@ def build_modules(cfg: ModelConfig, names: tuple[str, ...] = ("vae", "text", "di
 
 def load_components(path: str | Path, prefer_ema: bool = True) -> tuple[ModelConfig, dict[str, nn.Module], str]:
     """A checkpoint -> (config, components by name, kind). EMA weights (what ships) by default."""
-    from edgegen.model.checkpoint import load_checkpoint
+    from edgegen.model.checkpoint import MODEL_MODULES, load_checkpoint
 
     ck = load_checkpoint(path)
     states = ck.weights(prefer_ema)
-    modules = build_modules(ck.config, tuple(n for n in ("vae", "text", "dit") if n in states))
+    modules = build_modules(ck.config, tuple(n for n in MODEL_MODULES if n in states))  # training-only modules stay out
     for name, m in modules.items():
         m.load_state_dict({k: v.float() for k, v in states[name].items()})
     return ck.config, build_components(ck.config, modules), ck.kind

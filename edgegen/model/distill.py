@@ -166,6 +166,7 @@ class FirstChunkDMD:
         self.guidance = cfg.guidance
         self.times = times_for(cfg, cfg.default_steps)
         self.t_sampling = "logit_normal"
+        self._uncond: tuple[torch.Tensor, torch.Tensor] | None = None  # the all-PAD prompt's features (frozen: once)
 
     def to_device(self, device: str) -> FirstChunkDMD:
         for m in (self.text, self.real, self.fake):
@@ -196,7 +197,11 @@ class FirstChunkDMD:
             tau = 0.02 + 0.96 * torch.rand(m, device=x.device)
             tt = tau.view(m, 1, 1, 1)
             xt = (1 - tt) * x0 + tt * torch.randn_like(x0)
-            real_txt, real_pooled = self.text(torch.cat([tokens, torch.zeros_like(tokens)]))
+            cond_txt, cond_pooled = self.text(tokens)
+            if self._uncond is None:
+                self._uncond = self.text(torch.zeros_like(tokens[:1]))
+            real_txt = torch.cat([cond_txt, self._uncond[0].expand_as(cond_txt)])
+            real_pooled = torch.cat([cond_pooled, self._uncond[1].expand_as(cond_pooled)])
             v = _one_chunk(self.real, torch.cat([xt, xt]), torch.cat([tau, tau]), real_txt, real_pooled)
             v_real = v[m:] + self.guidance * (v[:m] - v[m:])
             v_fake = _one_chunk(self.fake, xt, tau, real_txt[:m], real_pooled[:m])

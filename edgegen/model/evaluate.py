@@ -75,12 +75,14 @@ def load(path: str, t_ctx: float | None = None) -> Model:
 
 
 def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: int, split: str, frames: int,
-          t_ctx: float | None = None, first: FirstChunk | None = None, seed_base: int = 0) -> list[dict]:
+          t_ctx: float | None = None, first: FirstChunk | None = None, seed_base: int = 0,
+          model: Model | None = None) -> list[dict]:
     """Judge pass rates per (guidance, steps): prompt i of `split` at seed `seed_base` + i; with `first`,
-    every stream's first chunk is made by that model (`FirstChunk`)."""
+    every stream's first chunk is made by that model (`FirstChunk`). `model`: the checkpoint's, if the
+    caller has loaded it already."""
     from edgegen.world import prompts
 
-    model = load(path, t_ctx)
+    model = load(path, t_ctx) if model is None else model
     rows = []
     for g in guidances:
         for s in steps:
@@ -392,7 +394,14 @@ def main() -> None:
         stutter(a.checkpoint, a.stutter, a.n, a.split, one_steps, a.t_ctx)
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
-    sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames, a.t_ctx, _first_chunk(ap, a), a.seed_base)
+    first = _first_chunk(ap, a)
+    model = load(a.checkpoint, a.t_ctx)  # once: the check below and the sweep share it
+    if first is not None:
+        try:
+            first.check(model)
+        except ValueError as exc:
+            ap.error(f"--first-from {a.first_from}: {exc}; pass a checkpoint of the same VAE")
+    sweep(a.checkpoint, guidances, steps or [None], a.n, a.split, a.frames, a.t_ctx, first, a.seed_base, model)
 
 
 def _first_chunk(ap: argparse.ArgumentParser, a: argparse.Namespace) -> FirstChunk | None:
@@ -403,12 +412,7 @@ def _first_chunk(ap: argparse.ArgumentParser, a: argparse.Namespace) -> FirstChu
         return None
     if a.first_steps is not None and a.first_steps < 1:
         ap.error(f"--first-steps must be 1 or more, not {a.first_steps}")
-    first = FirstChunk(load(a.first_from), a.first_steps, a.first_guidance)
-    try:
-        first.check(load(a.checkpoint))
-    except ValueError as exc:
-        ap.error(f"--first-from {a.first_from}: {exc}; pass a checkpoint of the same VAE")
-    return first
+    return FirstChunk(load(a.first_from), a.first_steps, a.first_guidance)
 
 
 if __name__ == "__main__":
