@@ -37,6 +37,7 @@ class Checkpoint:
     ema: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     optimizer: dict[str, Any] | None = None
     rng_torch: torch.Tensor | None = None
+    rng_cuda: torch.Tensor | None = None  # the current CUDA device's generator, for runs trained on a GPU
     rng_numpy: dict[str, Any] | None = None
     train: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +94,8 @@ def save_checkpoint(
                 tensors[f"optim.{idx}.{k}"] = torch.as_tensor(v).detach().clone().contiguous().cpu()
         meta["optim_groups"] = json.dumps(sd["param_groups"])
         tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
     if rng_numpy is not None:
         meta["rng_numpy"] = json.dumps(rng_numpy.bit_generator.state)
     if train is not None:
@@ -141,6 +144,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ema=groups["ema"],
         optimizer=optimizer,
         rng_torch=tensors.get("rng.torch"),
+        rng_cuda=tensors.get("rng.cuda"),
         rng_numpy=json.loads(meta["rng_numpy"]) if "rng_numpy" in meta else None,
         train=json.loads(meta["train"]) if "train" in meta else None,
         extra=json.loads(meta.get("extra", "{}")),

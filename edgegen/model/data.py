@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,26 +32,43 @@ def tokenizer_for(cfg: ModelConfig) -> Tokenizer:
 
 def render_clips(
     rng: np.random.Generator, n: int, cfg: ModelConfig, frames: int, split: str = "train", captions: int = 0,
-    start_max: int = 0,
+    start_max: int = 0, workers: Executor | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """`n` random scenes of `split`: uint8 [n, frames, H, W, 3] and `captions` phrasings of each.
 
     With `start_max` > 0 every clip starts later in its scene, at a random chunk boundary in
     [chunk_frames, start_max], and carries the frame before its start first: [n, 1 + frames, H, W, 3]
-    (the causal VAE encoder's state for the clip's first chunk)."""
+    (the causal VAE encoder's state for the clip's first chunk). `workers` (`render_workers`) render
+    in other processes; rendering draws nothing from `rng`, so the clips are the same either way."""
     from edgegen.world import caption, render_range, sample_scene
 
     assert cfg.height == cfg.width, "the world renders square clips"
     lead = 1 if start_max > 0 else 0
-    clips = np.empty((n, lead + frames, cfg.height, cfg.width, 3), np.uint8)
+    jobs: list[tuple[Any, int, int, int, int]] = []
     texts: list[list[str]] = []
-    for i in range(n):
+    for _ in range(n):
         scene = sample_scene(rng, split)
         seed = int(rng.integers(2**31))
         start = cfg.chunk_frames * int(rng.integers(1, start_max // cfg.chunk_frames + 1)) if lead else 0
-        clips[i] = render_range(scene, seed, start - lead, start + frames, cfg.height)
+        jobs.append((scene, seed, start - lead, start + frames, cfg.height))
         texts.append([caption(scene, rng) for _ in range(captions)])
+    clips = np.empty((n, lead + frames, cfg.height, cfg.width, 3), np.uint8)
+    if workers is not None and n > 1:
+        rendered = workers.map(render_range, *zip(*jobs, strict=True), chunksize=4)
+    else:
+        rendered = (render_range(*job) for job in jobs)
+    for i, clip in enumerate(rendered):
+        clips[i] = clip
     return clips, texts
+
+
+def render_workers() -> Executor | None:
+    """A process pool for `render_clips` on machines with cores to spare (a GPU box renders its data
+    pools on many cores); None on small machines, where the training itself needs the cores."""
+    cores = os.cpu_count() or 1
+    if cores <= 4:
+        return None
+    return ProcessPoolExecutor(min(cores - 1, 16), mp_context=multiprocessing.get_context("spawn"))
 
 
 def heldout_clips(cfg: ModelConfig, frames: int, n: int = 32, seed: int = 1234) -> np.ndarray:

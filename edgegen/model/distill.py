@@ -94,9 +94,9 @@ def _prompts(rng: np.random.Generator, cfg: ModelConfig, n: int, split: str) -> 
 
 @torch.no_grad()
 def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed: int, split: str, progress: bool,
-                  chunks: int | None = None) -> dict[str, np.ndarray]:
+                  chunks: int | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
     """(noise, x0, tokens) of `n` guided teacher rollouts of `chunks` chunks (default: the config's clip),
-    generated in shards and cached in `folder`."""
+    generated in shards on `device` (where the teacher's weights are) and cached in `folder`."""
     from tqdm import tqdm
 
     cfg = teacher.config
@@ -119,7 +119,8 @@ def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed:
         shape = (m, chunks, cfg.latent_channels, h, w)
         noise = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
         commit = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) if cfg.t_ctx else None
-        x0 = rollout(teacher, torch.from_numpy(tokens), noise, cfg.teacher_steps, cfg.guidance, commit)
+        x0 = rollout(teacher, torch.from_numpy(tokens).to(device), noise.to(device), cfg.teacher_steps, cfg.guidance,
+                     None if commit is None else commit.to(device)).cpu()
         part = {"noise": noise.numpy().astype(np.float16), "x0": x0.numpy().astype(np.float16), "tokens": tokens}
         tmp = path.with_name(path.stem + ".partial.npz")
         np.savez(tmp, **part)
@@ -138,9 +139,10 @@ def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np
     """MSE of the student's own S-step rollouts (its outputs as context) against the teacher's latents,
     over whole clips (`gap_Sstep`) and over their first chunk, made from the text alone (`first_Sstep`)."""
     model = Model(cfg, tokenizer_for(cfg), build_components(cfg, {"text": text, "dit": dit}), "student")
-    noise, x0 = torch.from_numpy(val["noise"].astype(np.float32)), torch.from_numpy(val["x0"].astype(np.float32))
-    tokens = torch.from_numpy(val["tokens"])
-    commit = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)) if cfg.t_ctx else None
+    device = next(dit.parameters()).device
+    noise, x0 = (torch.from_numpy(val[k].astype(np.float32)).to(device) for k in ("noise", "x0"))
+    tokens = torch.from_numpy(val["tokens"]).to(device)
+    commit = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)).to(device) if cfg.t_ctx else None
     out = {}
     for s in cfg.student_steps:
         x = rollout(model, tokens, noise, s, 1.0, commit)
@@ -238,15 +240,16 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
     last = run.out / "student" / "last.safetensors"
     if run.resume and last.exists():  # before the rollouts: the student's weights must be of the same shapes
         check_resume_config(last, student_cfg, (*VAE_ARCH, *DIT_ARCH))
-    teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m) for k, m in modules.items()}), "teacher")
+    teacher = Model(cfg, tokenizer_for(cfg), build_components(cfg, {k: copy.deepcopy(m).to(run.device) for k, m in modules.items()}),
+                    "teacher")
     dmd = (FirstChunkDMD(copy.deepcopy(modules["text"]), copy.deepcopy(modules["dit"]), cfg).to_device(run.device)
            if tcfg.distill_dmd_batch > 0 else None)
     # Rollouts are cached per teacher and sampler: pairs of another teacher or guidance are never reused.
     folder = run.out / "student" / "pairs" / pairs_key(teacher_path, cfg, tcfg)
-    pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress)
-    first = (teacher_pairs(teacher, tcfg, tcfg.distill_first_pairs, folder, 5, "train", run.progress, chunks=1)
+    pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress, device=run.device)
+    first = (teacher_pairs(teacher, tcfg, tcfg.distill_first_pairs, folder, 5, "train", run.progress, chunks=1, device=run.device)
              if tcfg.distill_first_pairs else None)
-    val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False)
+    val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False, device=run.device)
     del teacher
     cfg = student_cfg
     if depth > tcfg_cfg.dit_depth:

@@ -60,8 +60,8 @@ class Cache:
         B = text.shape[0]
         self._components = model.components
         self.text = text
-        self.kv = torch.zeros(B, cfg.dit_depth, 2, cfg.window, cfg.tokens_per_chunk, cfg.dit_width)
-        self.valid = torch.zeros(B, cfg.window)
+        self.kv = torch.zeros(B, cfg.dit_depth, 2, cfg.window, cfg.tokens_per_chunk, cfg.dit_width, device=text.device)
+        self.valid = torch.zeros(B, cfg.window, device=text.device)
         self.refresh()
 
     def refresh(self) -> None:
@@ -83,7 +83,7 @@ def euler(model: Model, x: torch.Tensor, times: list[float], pooled: torch.Tenso
     denoiser = model.components["denoiser"]
     for t, t_next in itertools.pairwise(times):
         xin = torch.cat([x, x]) if cfg else x
-        v = denoiser(xin, torch.full((xin.shape[0],), t), pooled, cache.context, cache.bias)
+        v = denoiser(xin, torch.full((xin.shape[0],), t, device=x.device), pooled, cache.context, cache.bias)
         if cfg:
             v = v[B:] + guidance * (v[:B] - v[B:])
         x = x + (t_next - t) * v  # Euler: x_{t'} = x_t + (t' - t) v
@@ -97,7 +97,7 @@ def commit_chunk(model: Model, x: torch.Tensor, pooled: torch.Tensor, cache: Cac
     t_ctx > 0 it sees (1 - t_ctx) x + t_ctx commit_noise, as in training."""
     xin = committed(x, t_ctx, commit_noise)
     xin = torch.cat([xin, xin]) if guidance != 1.0 else xin
-    cache.push(model.components["commit"](xin, torch.full((xin.shape[0],), t_ctx), pooled, cache.context, cache.bias))
+    cache.push(model.components["commit"](xin, torch.full((xin.shape[0],), t_ctx, device=x.device), pooled, cache.context, cache.bias))
 
 
 @torch.no_grad()
@@ -163,8 +163,8 @@ def encode_text(model: Model, tokens: torch.Tensor, guidance: float) -> tuple[to
 @torch.no_grad()
 def rollout(model: Model, tokens: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
             commit_noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Batched streaming generation from given noise: tokens (B,L), noise (B,T,C,h,w) -> latents (B,T,C,h,w);
-    `commit_noise` (B,T,C,h,w) is needed when the model's t_ctx > 0."""
+    """Batched streaming generation from given noise: tokens (B,L), noise (B,T,C,h,w) -> latents (B,T,C,h,w),
+    on the device the inputs are on (the model's); `commit_noise` (B,T,C,h,w) is needed when the model's t_ctx > 0."""
     cfg = model.config
     text, pooled = encode_text(model, tokens, guidance)
     cache = Cache(model, text)

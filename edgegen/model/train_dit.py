@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from edgegen.errors import UserError
 from edgegen.model.checkpoint import load_checkpoint, load_weights
 from edgegen.model.config import ModelConfig, TrainConfig
-from edgegen.model.data import LatentPool, pool_key, render_clips, tokenizer_for
+from edgegen.model.data import LatentPool, pool_key, render_clips, render_workers, tokenizer_for
 from edgegen.model.dit import DiT
 from edgegen.model.text import TextEncoder
 from edgegen.model.train import Run, eval_vae, fit, latent_stats, vae_checkpoint
@@ -91,13 +91,20 @@ def encode_pool(vae: VAE, cfg: ModelConfig, tcfg: TrainConfig, n: int, seed: int
     latents = np.empty((n, tcfg.clip_chunks, cfg.latent_channels, h, w), np.float16)
     tokens = np.empty((n, max(1, tcfg.captions_per_clip), cfg.max_len), np.int64)
     vae = vae.to(device)
-    for i in tqdm(range(0, n, 32), desc=f"encode {split} pool", disable=not progress, dynamic_ncols=True):
-        m = min(32, n - i)
-        clips, texts = render_clips(rng, m, cfg, frames, split=split, captions=tokens.shape[1], start_max=start_max)
-        x = torch.from_numpy(clips).to(device).float() / 255.0
-        z = vae.encode_clip(x[:, 1:], first_prev=x[:, 0]) if start_max else vae.encode_clip(x)  # (m, T, C, h, w)
-        latents[i : i + m] = ((z - mean) / std).cpu().numpy().astype(np.float16)
-        tokens[i : i + m] = [[tok.encode(t) for t in caps] for caps in texts]
+    workers = render_workers() if n > 256 else None
+    block = 32 if workers is None else 256  # clips rendered, then encoded, at a time
+    try:
+        for i in tqdm(range(0, n, block), desc=f"encode {split} pool", disable=not progress, dynamic_ncols=True, unit_scale=block):
+            m = min(block, n - i)
+            clips, texts = render_clips(rng, m, cfg, frames, split=split, captions=tokens.shape[1], start_max=start_max,
+                                        workers=workers)
+            x = torch.from_numpy(clips).to(device).float() / 255.0
+            z = vae.encode_clip(x[:, 1:], first_prev=x[:, 0]) if start_max else vae.encode_clip(x)  # (m, T, C, h, w)
+            latents[i : i + m] = ((z - mean) / std).cpu().numpy().astype(np.float16)
+            tokens[i : i + m] = [[tok.encode(t) for t in caps] for caps in texts]
+    finally:
+        if workers is not None:
+            workers.shutdown(cancel_futures=True)
     return LatentPool(latents, tokens)
 
 

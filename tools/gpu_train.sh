@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One GPU sitting, end to end: a teacher of CONFIG on the shipped VAE's latent space, then its 2-step
+# student, each for a wall-clock budget; the shipped (fp16 EMA) checkpoints and the logs land in OUT.
+#
+# The teacher's learning-rate horizon is sized to its budget: a short probe run (which also renders and
+# encodes the latent pool, cached for the real run) times a step, and the real run (--force) gets
+# `steps` = budget / step time. With DEADLINE_S (seconds from the start) the teacher's budget shrinks
+# so that STUDENT_RESERVE_S are left for the student. Checkpoints over 15 MB are split into .partNN
+# files (cat them back).
+#
+#   OUT=/tmp/out bash tools/gpu_train.sh                                     # on a GPU machine
+#   DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
+set -euo pipefail
+export PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda}
+CONFIG=${CONFIG:-experiments/gpu-wide-g2.json}
+VAE=${VAE:-edgegen/assets/default/checkpoint.safetensors}
+TEACHER_MIN=${TEACHER_MIN:-5.3}
+STUDENT_MIN=${STUDENT_MIN:-1.2}
+PROBE_STEPS=${PROBE_STEPS:-60}
+DEADLINE_S=${DEADLINE_S:-0}
+STUDENT_RESERVE_S=${STUDENT_RESERVE_S:-140}
+RUN=${RUN:-/tmp/gpurun}
+OUT=${OUT:?set OUT to the folder for the results}
+PY=${PY:-python3}
+T0=$(date +%s)
+stamp() { echo "[gpu_train +$(( $(date +%s) - T0 ))s] $*"; }
+mkdir -p "$RUN" "$OUT"
+
+stamp "probe: $PROBE_STEPS teacher steps of $CONFIG on $DEVICE (renders and encodes the latent pool once)"
+$PY -m edgegen train teacher --config "$CONFIG" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
+    --steps "$PROBE_STEPS" --no-progress --force
+$PY - "$CONFIG" "$RUN" "$TEACHER_MIN" "$DEADLINE_S" "$(( $(date +%s) - T0 ))" "$STUDENT_RESERVE_S" <<'EOF'
+import json, sys
+from pathlib import Path
+config, run, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+deadline, elapsed, reserve = (float(a) for a in sys.argv[4:7])
+if deadline > 0:
+    minutes = max(0.5, min(minutes, (deadline - elapsed - reserve) / 60))
+(run / "teacher_minutes").write_text(f"{minutes:.2f}")
+rows = [json.loads(line) for line in open(run / "teacher" / "log.jsonl") if '"loss"' in line]
+(s0, e0), (s1, e1) = (rows[0]["step"], rows[0]["elapsed_s"]), (rows[-1]["step"], rows[-1]["elapsed_s"])
+dt = (e1 - e0) / max(1, s1 - s0)
+d = json.load(open(config))
+d["train"]["teacher"]["steps"] = steps = max(2 * d["train"]["teacher"]["warmup"], int(0.95 * minutes * 60 / dt))
+json.dump(d, open(run / "config.json", "w"), indent=2)
+print(f"[gpu_train] teacher step {dt * 1000:.1f} ms ({rows[-1]['clips_per_s']:.0f} clips/s): horizon {steps} steps for {minutes} min")
+EOF
+TEACHER_MIN=$(cat "$RUN/teacher_minutes")
+stamp "teacher: $TEACHER_MIN min"
+$PY -m edgegen train teacher --config "$RUN/config.json" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
+    --minutes "$TEACHER_MIN" --no-progress --force
+ship() {  # ship(stage): the fp16 EMA checkpoint into OUT, split under 15 MB a file
+    $PY -c "import sys; from edgegen.model.checkpoint import ship_checkpoint; ship_checkpoint(sys.argv[1], sys.argv[2])" \
+        "$RUN/$1/last.safetensors" "$OUT/$1.safetensors"
+    if [ "$(stat -c %s "$OUT/$1.safetensors")" -gt 15000000 ]; then
+        split -b 15000000 -d "$OUT/$1.safetensors" "$OUT/$1.safetensors.part" && rm "$OUT/$1.safetensors"
+    fi
+}
+ship teacher
+stamp "student: rollouts, then $STUDENT_MIN min"
+$PY -m edgegen train student --config "$RUN/config.json" --out "$RUN" --device "$DEVICE" \
+    --minutes "$STUDENT_MIN" --no-progress --force
+ship student
+tar czf "$OUT/logs.tar.gz" -C "$RUN" config.json teacher/log.jsonl student/log.jsonl
+stamp "done"
+ls -la "$OUT"
