@@ -293,6 +293,57 @@ def test_first_chunk_from_another_model() -> None:
         next(generate_latents(model, prompt, 5, 1, first=FirstChunk(retrained)))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here); runs on a lent GPU machine")
+def test_sampling_on_a_gpu_makes_the_cpu_s_video() -> None:
+    """The reference streaming loop with the model on cuda (a first chunk from another model too):
+    the CPU's frames up to the GPU's arithmetic; numpy comes back on the CPU."""
+    from edgegen.model.pipeline import FirstChunk, generate_video, load_model
+    from edgegen.model.torch_backend import shipped_checkpoint
+
+    cpu = generate_video(load_model(shipped_checkpoint()), "a green star moving up", seed=5, frames=12)
+    gpu_model = load_model(shipped_checkpoint()).to("cuda")
+    assert gpu_model.device.type == "cuda"
+    gpu = generate_video(gpu_model, "a green star moving up", seed=5, frames=12)
+    assert gpu.shape == cpu.shape and np.abs(gpu.astype(int) - cpu.astype(int)).mean() < 1.0
+    first = generate_video(gpu_model, "a green star moving up", seed=5, frames=12, first=FirstChunk(gpu_model, 4))
+    assert first.shape == cpu.shape
+
+
+def test_fused_attention_is_the_plain_one() -> None:
+    """Training's fused kernel computes the exported graphs' attention: random heads, masked keys too."""
+    from edgegen.model.dit import NEG
+    from edgegen.model.text import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, n, 32, generator=g) for n in (5, 9, 9))
+    bias = torch.where(torch.rand(6, 1, 1, 9, generator=g) < 0.3, NEG, 0.0)
+    torch.testing.assert_close(attention(q, k, v, 4, bias, fused=True), attention(q, k, v, 4, bias), atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_moves_between_devices_and_says_where_it_is() -> None:
+    from edgegen.model.pipeline import generate_video, load_model
+    from edgegen.model.torch_backend import shipped_checkpoint
+
+    model = load_model(shipped_checkpoint())
+    assert model.device == torch.device("cpu") and model.to("cpu").device == torch.device("cpu")
+    video = generate_video(model.to("cpu"), "a red circle moving right", seed=1, frames=4)
+    np.testing.assert_array_equal(video, generate_video(model, "a red circle moving right", seed=1, frames=4))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--device", "cuda"], "torch sees no CUDA GPU"),
+    (["--device", "cuda:0", "--primed", "0"], "--device applies to the judge sweep only"),
+])
+def test_evaluate_device_flag_is_checked(argv: list[str], message: str, monkeypatch, capsys) -> None:
+    from edgegen.model import evaluate
+
+    monkeypatch.setattr("sys.argv", ["evaluate", "unused.safetensors", *argv])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_evaluate_first_chunk_flags_need_a_checkpoint(monkeypatch, capsys) -> None:
     from edgegen.model import evaluate
 

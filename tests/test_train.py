@@ -751,6 +751,9 @@ def test_every_stage_trains_and_resumes_exactly_on_a_gpu(tmp_path: Path, tiny: t
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
     assert load_checkpoint(full).rng_cuda is not None
     student = stage("student", "a", 2)
+    bf16 = train_stage("teacher", cfg, replace(tcfg, autocast="bf16"),
+                       Run(out=tmp_path / "c", steps=2, vae=vae, device="cuda", progress=False))
+    assert all(torch.isfinite(w).all() for w in _weights(bf16).values())
     from edgegen.model.pipeline import generate_video, load_model
 
     video = generate_video(load_model(student), "a red circle moving right", seed=3, frames=6)
@@ -771,3 +774,15 @@ def test_parallel_rendering_draws_the_same_clips_and_captions(tiny: tuple) -> No
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         parallel = render_clips(np.random.default_rng(5), 6, cfg, 8, captions=2, start_max=12, workers=pool)
     assert np.array_equal(serial[0], parallel[0]) and serial[1] == parallel[1]
+
+
+def test_bf16_autocast_is_for_gpus_a_cpu_run_says_so_and_trains_in_fp32(tmp_path: Path, tiny: tuple, caplog) -> None:
+    import logging
+
+    cfg, tcfg = tiny
+    plain = _run(tmp_path / "a", "vae", tiny, 2)
+    with caplog.at_level(logging.INFO, logger="edgegen.model.train"):
+        bf16 = _run(tmp_path / "b", "vae", (cfg, replace(tcfg, autocast="bf16")), 2)
+    assert "autocast bf16 applies on a GPU only" in caplog.text
+    wa, wb = _weights(plain), _weights(bf16)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

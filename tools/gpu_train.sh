@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU sitting, end to end: a teacher of CONFIG on the shipped VAE's latent space, then its 2-step
-# student, each for a wall-clock budget; the shipped (fp16 EMA) checkpoints and the logs land in OUT.
+# student, each for a wall-clock budget, then the judge on EVAL_N held-out prompts (32 frames, the
+# student at its default steps, on the same device). The shipped (fp16 EMA) checkpoints land in OUT,
+# the logs and the judge's figures (student-eval.jsonl) in OUT/logs.tar.gz.
 #
 # The teacher's learning-rate horizon is sized to its budget: a short probe run (which also renders and
 # encodes the latent pool, cached for the real run) times a step, and the real run (--force) gets
@@ -13,13 +15,14 @@
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda}
-CONFIG=${CONFIG:-experiments/gpu-wide-g2.json}
+CONFIG=${CONFIG:-experiments/gpu-wide-g2-bf16.json}
 VAE=${VAE:-edgegen/assets/default/checkpoint.safetensors}
 TEACHER_MIN=${TEACHER_MIN:-5.3}
 STUDENT_MIN=${STUDENT_MIN:-1.2}
 PROBE_STEPS=${PROBE_STEPS:-60}
 DEADLINE_S=${DEADLINE_S:-0}
-STUDENT_RESERVE_S=${STUDENT_RESERVE_S:-140}
+STUDENT_RESERVE_S=${STUDENT_RESERVE_S:-180}
+EVAL_N=${EVAL_N:-200}
 RUN=${RUN:-/tmp/gpurun}
 OUT=${OUT:?set OUT to the folder for the results}
 PY=${PY:-python3}
@@ -62,6 +65,11 @@ stamp "student: rollouts, then $STUDENT_MIN min"
 $PY -m edgegen train student --config "$RUN/config.json" --out "$RUN" --device "$DEVICE" \
     --minutes "$STUDENT_MIN" --no-progress --force
 ship student
-tar czf "$OUT/logs.tar.gz" -C "$RUN" config.json teacher/log.jsonl student/log.jsonl
+if [ "$EVAL_N" -gt 0 ]; then
+    stamp "judge: $EVAL_N held-out prompts, 32 frames"
+    $PY -m edgegen.model.evaluate "$RUN/student/last.safetensors" --split heldout --n "$EVAL_N" --frames 32 \
+        --device "$DEVICE" | tee "$RUN/student-eval.jsonl"
+fi
+tar czf "$OUT/logs.tar.gz" -C "$RUN" config.json teacher/log.jsonl student/log.jsonl $( [ -f "$RUN/student-eval.jsonl" ] && echo student-eval.jsonl)
 stamp "done"
 ls -la "$OUT"

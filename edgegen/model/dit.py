@@ -80,8 +80,9 @@ class Block(nn.Module):
     def qkv_of(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return self.qkv(modulate(self.norm1(x), mod[0], mod[1])).chunk(3, dim=-1)  # 3 x (M, N, D)
 
-    def attend(self, q, k, v, ctx_k, ctx_v, ctx_bias, txt_k, txt_v) -> torch.Tensor:
-        """q/k/v (M,N,D) this chunk; ctx_k/v (M,W,N,D) raw cached K/V; ctx_bias (M,1,1,W*N); txt (M,L,D)."""
+    def attend(self, q, k, v, ctx_k, ctx_v, ctx_bias, txt_k, txt_v, fused: bool = False) -> torch.Tensor:
+        """q/k/v (M,N,D) this chunk; ctx_k/v (M,W,N,D) raw cached K/V; ctx_bias (M,1,1,W*N); txt (M,L,D).
+        `fused`: torch's fused attention kernel (`attention`; training)."""
         M, N, D = q.shape
         ctx_k = (ctx_k + self.age[0][:, None]).reshape(M, -1, D)  # (M, W*N, D)
         ctx_v = (ctx_v + self.age[1][:, None]).reshape(M, -1, D)
@@ -90,7 +91,7 @@ class Block(nn.Module):
         zeros_self = torch.zeros_like(ctx_bias[..., :1]).expand(-1, -1, -1, N)
         zeros_txt = torch.zeros_like(ctx_bias[..., :1]).expand(-1, -1, -1, txt_k.shape[1])
         bias = torch.cat([zeros_self, ctx_bias, zeros_txt], dim=-1)  # (M, 1, 1, N + W*N + L)
-        return attention(q, keys, values, self.heads, bias)
+        return attention(q, keys, values, self.heads, bias, fused=fused)
 
     def attend_context(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """`attend` with the cache and text side prepared once per chunk (`DiT.context`): q/k/v (B,N,D)
@@ -232,7 +233,8 @@ class DiT(nn.Module):
                 qc, kc, vc = blk.qkv_of(hc, mod_c)  # (B*Tc, N, D)
                 kc, vc = kc.reshape(B, Tc, N, -1), vc.reshape(B, Tc, N, -1)
                 tk_c, tv_c = txt_k.repeat_interleave(Tc, dim=0), txt_v.repeat_interleave(Tc, dim=0)
-                oc = blk.attend(qc, kc.flatten(0, 1), vc.flatten(0, 1), _slots(kc, W, Tc), _slots(vc, W, Tc), bias_c, tk_c, tv_c)
+                oc = blk.attend(qc, kc.flatten(0, 1), vc.flatten(0, 1), _slots(kc, W, Tc), _slots(vc, W, Tc), bias_c, tk_c, tv_c,
+                                fused=True)
                 ctx_k, ctx_v = _slots(kc, W, T), _slots(vc, W, T)  # (B*T, W, N, D)
                 hc = blk.finish(hc, oc, mod_c)
             else:
@@ -240,7 +242,7 @@ class DiT(nn.Module):
             mod_n = blk.modulation(cn)
             qn, kn, vn = blk.qkv_of(hn, mod_n)
             tk_n, tv_n = txt_k.repeat_interleave(T, dim=0), txt_v.repeat_interleave(T, dim=0)
-            hn = blk.finish(hn, blk.attend(qn, kn, vn, ctx_k, ctx_v, bias_n, tk_n, tv_n), mod_n)
+            hn = blk.finish(hn, blk.attend(qn, kn, vn, ctx_k, ctx_v, bias_n, tk_n, tv_n, fused=True), mod_n)
         return self.unembed(hn, cn).reshape(B, T, *x_noisy.shape[2:])
 
     def _ctx_bias(self, B: int, T: int, like: torch.Tensor) -> torch.Tensor:

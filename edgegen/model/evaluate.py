@@ -68,9 +68,9 @@ def _rates(samples: list[tuple[str, int, np.ndarray]]) -> dict[str, float | None
     return {k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}
 
 
-def load(path: str, t_ctx: float | None = None) -> Model:
-    """The checkpoint's model; `t_ctx` overrides the level its finished chunks are committed at."""
-    model = load_model(path)
+def load(path: str, t_ctx: float | None = None, device: str = "cpu") -> Model:
+    """The checkpoint's model on `device`; `t_ctx` overrides the level its finished chunks are committed at."""
+    model = load_model(path).to(device)
     return model if t_ctx is None else dataclasses.replace(model, config=dataclasses.replace(model.config, t_ctx=t_ctx))
 
 
@@ -357,6 +357,7 @@ def main() -> None:
     ap.add_argument("--split", default="train", choices=("train", "heldout", "all"))
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="torch device of the judge sweep (e.g. cuda); the other measures run on the CPU")
     ap.add_argument("--t-ctx", type=float, default=None, help="commit finished chunks at this noise level (default: the model's t_ctx)")
     ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
     ap.add_argument("--free-run", type=int, default=0, help="chunks per stream for the free-running motion measure (see above)")
@@ -372,6 +373,10 @@ def main() -> None:
         ap.error(f"--t-ctx must be from 0 up to (not including) 1, not {a.t_ctx}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.device != "cpu" and (a.continuation or a.free_run or a.primed or a.vae_judge or a.stutter):
+        ap.error("--device applies to the judge sweep only; leave it out for the other measures")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no CUDA GPU; leave --device out")
     steps = [int(x) for x in a.steps.split(",") if x]
     one_steps = steps[0] if steps else None  # the single-setting measures take the first
     if a.continuation:
@@ -395,7 +400,7 @@ def main() -> None:
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
     first = _first_chunk(ap, a)
-    model = load(a.checkpoint, a.t_ctx)  # once: the check below and the sweep share it
+    model = load(a.checkpoint, a.t_ctx, a.device)  # once: the check below and the sweep share it
     if first is not None:
         try:
             first.check(model)
@@ -412,7 +417,7 @@ def _first_chunk(ap: argparse.ArgumentParser, a: argparse.Namespace) -> FirstChu
         return None
     if a.first_steps is not None and a.first_steps < 1:
         ap.error(f"--first-steps must be 1 or more, not {a.first_steps}")
-    return FirstChunk(load(a.first_from), a.first_steps, a.first_guidance)
+    return FirstChunk(load(a.first_from, device=a.device), a.first_steps, a.first_guidance)
 
 
 if __name__ == "__main__":

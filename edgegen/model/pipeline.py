@@ -9,6 +9,7 @@ v = v_uncond + g (v_cond - v_uncond) (Ho & Salimans 2022).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ class Model:
     @property
     def default_guidance(self) -> float:
         return self.config.guidance if self.kind == "teacher" else 1.0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the sampling loops put their tensors there and hand numpy back)."""
+        params = (p for m in self.components.values() for p in m.parameters())
+        return next(params, torch.empty(0)).device
+
+    def to(self, device: str | torch.device) -> Model:
+        """This model on `device` (e.g. "cuda"): its modules are moved, in place as `nn.Module.to` does. The
+        sampling loops give the same outputs up to the device's arithmetic."""
+        return dataclasses.replace(self, components={k: m.to(device) for k, m in self.components.items()})
 
 
 def load_model(path: str | Path) -> Model:
@@ -138,9 +150,9 @@ class FirstChunk:
         """The first chunk (B,C,h,w) from noise x, for tokens (B,L): an empty cache, no commit pass."""
         model = self.model
         guidance = model.default_guidance if self.guidance is None else self.guidance
-        text, pooled = encode_text(model, tokens, guidance)
+        text, pooled = encode_text(model, tokens.to(model.device), guidance)
         times = times_for(model.config, self.steps or model.default_steps)
-        return euler(model, x, times, pooled, Cache(model, text), guidance)
+        return euler(model, x.to(model.device), times, pooled, Cache(model, text), guidance)
 
 
 def committed(x: torch.Tensor, t_ctx: float, noise: torch.Tensor | None) -> torch.Tensor:
@@ -185,31 +197,32 @@ def generate_latents(
         first.check(model)
     steps = steps or model.default_steps
     guidance = model.default_guidance if guidance is None else guidance
-    tokens = torch.from_numpy(model.tokenizer.encode(prompt))[None]
+    device = model.device
+    tokens = torch.from_numpy(model.tokenizer.encode(prompt))[None].to(device)
     text, pooled = encode_text(model, tokens, guidance)
     cache = Cache(model, text)
     rng, commit_rng = sampling.stream_rng(seed), sampling.commit_rng(seed)
     times = times_for(cfg, steps)
     shape = (1, cfg.latent_channels, *cfg.latent_size)
     for i in range(chunks):
-        x = torch.from_numpy(sampling.chunk_noise(rng, shape))
-        noise = torch.from_numpy(sampling.commit_noise(commit_rng, shape)) if cfg.t_ctx else None
+        x = torch.from_numpy(sampling.chunk_noise(rng, shape)).to(device)
+        noise = torch.from_numpy(sampling.commit_noise(commit_rng, shape)).to(device) if cfg.t_ctx else None
         if i == 0 and first is not None:
-            x = first.sample(torch.from_numpy(first.model.tokenizer.encode(prompt))[None], x)
+            x = first.sample(torch.from_numpy(first.model.tokenizer.encode(prompt))[None], x).to(device)
             commit_chunk(model, x, pooled, cache, guidance, cfg.t_ctx, noise)
         else:
             x = denoise_chunk(model, x, times, pooled, cache, guidance, cfg.t_ctx, noise)
-        yield x.numpy()
+        yield x.cpu().numpy()
 
 
 @torch.no_grad()
 def decode_latents(model: Model, latents: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """Normalised latents (1,C,h,w) -> frames float32 [F,H,W,3] in [0,1] per chunk, carrying the decoder state."""
     cfg = model.config
-    state = torch.zeros(1, cfg.latent_channels, *cfg.latent_size)
+    state = torch.zeros(1, cfg.latent_channels, *cfg.latent_size, device=model.device)
     for z in latents:
-        frames, state = model.components["vae_decoder"](torch.from_numpy(z), state)
-        yield frames[0].numpy()
+        frames, state = model.components["vae_decoder"](torch.from_numpy(z).to(state.device), state)
+        yield frames[0].cpu().numpy()
 
 
 def generate_video(

@@ -18,10 +18,16 @@ import torch.nn.functional as F
 from edgegen.model.config import ModelConfig
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-head attention, heads merged in and out: q [M,Nq,D], k/v [M,Nk,D], bias broadcast to [M,H,Nq,Nk]."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: torch.Tensor | None = None,
+              fused: bool = False) -> torch.Tensor:
+    """Multi-head attention, heads merged in and out: q [M,Nq,D], k/v [M,Nk,D], bias broadcast to [M,H,Nq,Nk].
+    `fused`: torch's fused kernel (training: the scores are never stored whole, the step's largest
+    tensors on a GPU); the same function, but not in exported graphs, whose plain ops every backend runs."""
     M, Nq, D = q.shape
     dh = D // heads
+    if fused:
+        qh, kh, vh = (x.reshape(M, -1, heads, dh).transpose(1, 2) for x in (q, k, v))
+        return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias).transpose(1, 2).reshape(M, Nq, D)
     q = (q * dh**-0.5).reshape(M, Nq, heads, dh).transpose(1, 2)  # (M, H, Nq, dh), scaled first: fp16-safe
     k = k.reshape(M, -1, heads, dh).transpose(1, 2)  # (M, H, Nk, dh)
     v = v.reshape(M, -1, heads, dh).transpose(1, 2)

@@ -119,6 +119,9 @@ def fit(
     if cuda:  # TF32 matrix products (10-bit mantissa inputs, fp32 accumulation): the GPU's fast float32 path
         torch.set_float32_matmul_precision("high")
     opt = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.99), fused=cuda or None)
+    if tcfg.autocast == "bf16" and not cuda:
+        log.info("autocast bf16 applies on a GPU only; training in fp32 on %s", run.device)
+    autocast = torch.autocast(torch.device(run.device).type, dtype=torch.bfloat16, enabled=tcfg.autocast == "bf16" and cuda)
     ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in trainable.items()}
     rng = np.random.default_rng([tcfg.seed, STAGES.index(stage)])
     torch.manual_seed(tcfg.seed * 3 + STAGES.index(stage))
@@ -182,7 +185,8 @@ def fit(
             lr = lr_at(step, s)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)  # checkpoints from before lr_scale have none
-            loss, logs, clips = loss_fn(rng, step)
+            with autocast:
+                loss, logs, clips = loss_fn(rng, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norms = [torch.nn.utils.clip_grad_norm_(ps, s.grad_clip) if s.grad_clip > 0 and ps else torch.tensor(0.0)
