@@ -94,12 +94,12 @@ def _prompts(rng: np.random.Generator, cfg: ModelConfig, n: int, split: str) -> 
 
 @torch.no_grad()
 def teacher_pairs(teacher: Model, tcfg: TrainConfig, n: int, folder: Path, seed: int, split: str, progress: bool,
-                  chunks: int | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
+                  chunks: int | None = None) -> dict[str, np.ndarray]:
     """(noise, x0, tokens) of `n` guided teacher rollouts of `chunks` chunks (default: the config's clip),
-    generated in shards on `device` (where the teacher's weights are) and cached in `folder`."""
+    generated in shards on the teacher's device and cached in `folder`."""
     from tqdm import tqdm
 
-    cfg = teacher.config
+    cfg, device = teacher.config, teacher.device
     folder.mkdir(parents=True, exist_ok=True)
     h, w = cfg.latent_size
     chunks = chunks or tcfg.clip_chunks
@@ -139,7 +139,7 @@ def student_gap(text: TextEncoder, dit: DiT, cfg: ModelConfig, val: dict[str, np
     """MSE of the student's own S-step rollouts (its outputs as context) against the teacher's latents,
     over whole clips (`gap_Sstep`) and over their first chunk, made from the text alone (`first_Sstep`)."""
     model = Model(cfg, tokenizer_for(cfg), build_components(cfg, {"text": text, "dit": dit}), "student")
-    device = next(dit.parameters()).device
+    device = model.device
     noise, x0 = (torch.from_numpy(val[k].astype(np.float32)).to(device) for k in ("noise", "x0"))
     tokens = torch.from_numpy(val["tokens"]).to(device)
     commit = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)).to(device) if cfg.t_ctx else None
@@ -246,10 +246,10 @@ def train_student(cfg: ModelConfig, tcfg: TrainConfig, run: Run) -> Path:
            if tcfg.distill_dmd_batch > 0 else None)
     # Rollouts are cached per teacher and sampler: pairs of another teacher or guidance are never reused.
     folder = run.out / "student" / "pairs" / pairs_key(teacher_path, cfg, tcfg)
-    pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress, device=run.device)
-    first = (teacher_pairs(teacher, tcfg, tcfg.distill_first_pairs, folder, 5, "train", run.progress, chunks=1, device=run.device)
+    pairs = teacher_pairs(teacher, tcfg, tcfg.distill_pairs, folder, 3, "train", run.progress)
+    first = (teacher_pairs(teacher, tcfg, tcfg.distill_first_pairs, folder, 5, "train", run.progress, chunks=1)
              if tcfg.distill_first_pairs else None)
-    val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False, device=run.device)
+    val = teacher_pairs(teacher, tcfg, tcfg.eval_clips, folder, 4, "heldout", False)
     del teacher
     cfg = student_cfg
     if depth > tcfg_cfg.dit_depth:
