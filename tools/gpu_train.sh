@@ -12,8 +12,9 @@
 #
 #   OUT=/tmp/out bash tools/gpu_train.sh                                     # on a GPU machine
 #   DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
+# Run from the repository root; edgegen need not be installed (a lent GPU machine has torch but no edgegen).
 set -euo pipefail
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DEVICE=${DEVICE:-cuda}
 CONFIG=${CONFIG:-experiments/gpu-wide-g2-bf16.json}
 VAE=${VAE:-edgegen/assets/default/checkpoint.safetensors}
@@ -35,7 +36,9 @@ $PY -m edgegen train teacher --config "$CONFIG" --out "$RUN" --vae "$VAE" --devi
     --steps "$PROBE_STEPS" --no-progress --force
 $PY - "$CONFIG" "$RUN" "$TEACHER_MIN" "$DEADLINE_S" "$(( $(date +%s) - T0 ))" "$STUDENT_RESERVE_S" <<'EOF'
 import json, sys
+from dataclasses import replace
 from pathlib import Path
+from edgegen.model.config import load_config
 config, run, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 deadline, elapsed, reserve = (float(a) for a in sys.argv[4:7])
 if deadline > 0:
@@ -44,9 +47,10 @@ if deadline > 0:
 rows = [json.loads(line) for line in open(run / "teacher" / "log.jsonl") if '"loss"' in line]
 (s0, e0), (s1, e1) = (rows[0]["step"], rows[0]["elapsed_s"]), (rows[-1]["step"], rows[-1]["elapsed_s"])
 dt = (e1 - e0) / max(1, s1 - s0)
-d = json.load(open(config))
-d["train"]["teacher"]["steps"] = steps = max(2 * d["train"]["teacher"]["warmup"], int(0.95 * minutes * 60 / dt))
-json.dump(d, open(run / "config.json", "w"), indent=2)
+cfg, tcfg = load_config(config)  # a config name or a .json path
+steps = max(2 * tcfg.teacher.warmup, int(0.95 * minutes * 60 / dt))
+tcfg = replace(tcfg, teacher=replace(tcfg.teacher, steps=steps))
+json.dump({"model": cfg.to_dict(), "train": tcfg.to_dict()}, open(run / "config.json", "w"), indent=2)
 print(f"[gpu_train] teacher step {dt * 1000:.1f} ms ({rows[-1]['clips_per_s']:.0f} clips/s): horizon {steps} steps for {minutes} min")
 EOF
 TEACHER_MIN=$(cat "$RUN/teacher_minutes")
