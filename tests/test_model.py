@@ -293,6 +293,7 @@ def test_first_chunk_from_another_model() -> None:
         next(generate_latents(model, prompt, 5, 1, first=FirstChunk(retrained)))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here); runs on a lent GPU machine")
 def test_sampling_on_a_gpu_makes_the_cpu_s_video() -> None:
     """The reference streaming loop with the model on cuda (a first chunk from another model too):

@@ -732,6 +732,7 @@ def test_a_folder_given_as_a_checkpoint_names_the_files_inside(tmp_path: Path) -
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here); runs on a lent GPU machine")
 
 
+@pytest.mark.gpu
 @CUDA
 def test_every_stage_trains_and_resumes_exactly_on_a_gpu(tmp_path: Path, tiny: tuple) -> None:
     """The GPU path of the training loop: all three stages on cuda (TF32, fused AdamW, teacher rollouts
