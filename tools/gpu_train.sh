@@ -45,6 +45,8 @@ if deadline > 0:
     minutes = max(0.5, min(minutes, (deadline - elapsed - reserve) / 60))
 (run / "teacher_minutes").write_text(f"{minutes:.2f}")
 rows = [json.loads(line) for line in open(run / "teacher" / "log.jsonl") if '"loss"' in line]
+if len(rows) < 2:
+    sys.exit(f"gpu_train: the probe logged {len(rows)} loss rows; set PROBE_STEPS to at least twice the teacher's log_every")
 (s0, e0), (s1, e1) = (rows[0]["step"], rows[0]["elapsed_s"]), (rows[-1]["step"], rows[-1]["elapsed_s"])
 dt = (e1 - e0) / max(1, s1 - s0)
 cfg, tcfg = load_config(config)  # a config name or a .json path
@@ -60,6 +62,7 @@ $PY -m edgegen train teacher --config "$RUN/config.json" --out "$RUN" --vae "$VA
 ship() {  # ship(stage): the fp16 EMA checkpoint into OUT, split under 15 MB a file
     $PY -c "import sys; from edgegen.model.checkpoint import ship_checkpoint; ship_checkpoint(sys.argv[1], sys.argv[2])" \
         "$RUN/$1/last.safetensors" "$OUT/$1.safetensors"
+    rm -f "$OUT/$1.safetensors.part"*
     if [ "$(stat -c %s "$OUT/$1.safetensors")" -gt 15000000 ]; then
         split -b 15000000 -d "$OUT/$1.safetensors" "$OUT/$1.safetensors.part" && rm "$OUT/$1.safetensors"
     fi
