@@ -791,7 +791,8 @@ def test_bf16_autocast_is_for_gpus_a_cpu_run_says_so_and_trains_in_fp32(tmp_path
 
 def test_gpu_sitting_script_runs_end_to_end_on_the_cpu(tmp_path: Path, tiny: tuple) -> None:
     """tools/gpu_train.sh (run on a lent GPU, rarely): probe, sized teacher, student, judge, shipped
-    checkpoints and logs, here on the CPU with the tiny config so the script cannot rot unnoticed."""
+    checkpoints and logs, here on the CPU with the tiny config so the script cannot rot unnoticed; the
+    teacher warm-starts from INIT (a committed teacher continued on a GPU)."""
     import json
     import os
     import subprocess
@@ -800,11 +801,13 @@ def test_gpu_sitting_script_runs_end_to_end_on_the_cpu(tmp_path: Path, tiny: tup
 
     root = Path(__file__).resolve().parents[1]
     vae = _run(tmp_path / "v", "vae", tiny, 2)
-    env = {**os.environ, "DEVICE": "cpu", "CONFIG": "tiny", "VAE": str(vae), "TEACHER_MIN": "0.03", "STUDENT_MIN": "0.02",
+    init = train_stage("teacher", *tiny, Run(out=tmp_path / "v", steps=2, vae=vae, progress=False))
+    env = {**os.environ, "DEVICE": "cpu", "CONFIG": "tiny", "VAE": str(vae), "INIT": str(init), "TEACHER_MIN": "0.03", "STUDENT_MIN": "0.02",
            "PROBE_STEPS": "3", "EVAL_N": "1", "RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "out"), "PY": sys.executable}
     done = subprocess.run(["bash", str(root / "tools" / "gpu_train.sh")], cwd=root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert f"warm start from {init}" in done.stderr
     out = tmp_path / "out"
     for stage in ("teacher", "student"):
         ck = load_checkpoint(out / f"{stage}.safetensors")  # small: not split

@@ -8,9 +8,11 @@
 # encodes the latent pool, cached for the real run) times a step, and the real run (--force) gets
 # `steps` = budget / step time. With DEADLINE_S (seconds from the start) the teacher's budget shrinks
 # so that STUDENT_RESERVE_S are left for the student. Checkpoints over 15 MB are split into .partNN
-# files (cat them back).
+# files (cat them back). With INIT (a teacher checkpoint of CONFIG's architecture) the teacher starts from
+# those weights (a fresh optimizer) instead of from scratch: a GPU sitting continues a committed teacher.
 #
 #   OUT=/tmp/out bash tools/gpu_train.sh                                     # on a GPU machine
+#   INIT=checkpoints/teacher-default-objects.safetensors CONFIG=experiments/gpu-default-g2-init.json OUT=/tmp/out bash tools/gpu_train.sh
 #   DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
 # Run from the repository root; edgegen need not be installed (a lent GPU machine has torch but no edgegen).
 set -euo pipefail
@@ -27,13 +29,15 @@ EVAL_N=${EVAL_N:-200}
 RUN=${RUN:-/tmp/gpurun}
 OUT=${OUT:?set OUT to the folder for the results}
 PY=${PY:-python3}
+INIT_ARGS=()
+if [ -n "${INIT:-}" ]; then INIT_ARGS=(--init "$INIT"); fi
 T0=$(date +%s)
 stamp() { echo "[gpu_train +$(( $(date +%s) - T0 ))s] $*"; }
 mkdir -p "$RUN" "$OUT"
 
 stamp "probe: $PROBE_STEPS teacher steps of $CONFIG on $DEVICE (renders and encodes the latent pool once)"
 $PY -m edgegen train teacher --config "$CONFIG" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
-    --steps "$PROBE_STEPS" --no-progress --force
+    --steps "$PROBE_STEPS" --no-progress --force ${INIT_ARGS[@]+"${INIT_ARGS[@]}"}
 $PY - "$CONFIG" "$RUN" "$TEACHER_MIN" "$DEADLINE_S" "$(( $(date +%s) - T0 ))" "$STUDENT_RESERVE_S" <<'EOF'
 import json, sys
 from dataclasses import replace
@@ -58,7 +62,7 @@ EOF
 TEACHER_MIN=$(cat "$RUN/teacher_minutes")
 stamp "teacher: $TEACHER_MIN min"
 $PY -m edgegen train teacher --config "$RUN/config.json" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
-    --minutes "$TEACHER_MIN" --no-progress --force
+    --minutes "$TEACHER_MIN" --no-progress --force ${INIT_ARGS[@]+"${INIT_ARGS[@]}"}
 ship() {  # ship(stage): the fp16 EMA checkpoint into OUT, split under 15 MB a file
     $PY -c "import sys; from edgegen.model.checkpoint import ship_checkpoint; ship_checkpoint(sys.argv[1], sys.argv[2])" \
         "$RUN/$1/last.safetensors" "$OUT/$1.safetensors"
