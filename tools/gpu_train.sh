@@ -8,17 +8,18 @@
 # encodes the latent pool, cached for the real run) times a step, and the real run (--force) gets
 # `steps` = budget / step time. With DEADLINE_S (seconds from the start) the teacher's budget shrinks
 # so that STUDENT_RESERVE_S are left for the student. Checkpoints over 15 MB are split into .partNN
-# files (cat them back). With INIT (a teacher checkpoint of CONFIG's architecture) the teacher starts from
-# those weights (a fresh optimizer) instead of from scratch: a GPU sitting continues a committed teacher.
+# files (cat them back). The teacher starts from INIT's weights (a teacher checkpoint of CONFIG's
+# architecture; a fresh optimizer): by default the committed GPU teacher, so each sitting continues it.
 #
 #   OUT=/tmp/out bash tools/gpu_train.sh                                     # on a GPU machine
-#   INIT=checkpoints/teacher-default-objects.safetensors CONFIG=experiments/gpu-default-g2-init.json OUT=/tmp/out bash tools/gpu_train.sh
-#   DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
+#   INIT= CONFIG=experiments/gpu-wide-g2-bf16.json OUT=/tmp/out bash tools/gpu_train.sh   # a wide DiT from scratch
+#   INIT= DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
 # Run from the repository root; edgegen need not be installed (a lent GPU machine has torch but no edgegen).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 DEVICE=${DEVICE:-cuda}
-CONFIG=${CONFIG:-experiments/gpu-wide-g2-bf16.json}
+CONFIG=${CONFIG:-experiments/gpu-default-g2-init.json}
+INIT=${INIT-checkpoints/teacher-gpu-default-g2.safetensors}  # set INIT= (empty) to train the teacher from scratch
 VAE=${VAE:-edgegen/assets/default/checkpoint.safetensors}
 TEACHER_MIN=${TEACHER_MIN:-5.3}
 STUDENT_MIN=${STUDENT_MIN:-1.2}
