@@ -789,32 +789,61 @@ def test_bf16_autocast_is_for_gpus_a_cpu_run_says_so_and_trains_in_fp32(tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _gpu_sitting(tmp_path: Path, name: str, **env: str):
+    """Run tools/gpu_train.sh on the CPU with the tiny config into <tmp>/<name>-run and <tmp>/<name>."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DEVICE": "cpu", "CONFIG": "tiny", "TEACHER_MIN": "0.03", "STUDENT_MIN": "0.02",
+           "PROBE_STEPS": "3", "EVAL_N": "0", "RUN": str(tmp_path / f"{name}-run"), "OUT": str(tmp_path / name),
+           "PY": sys.executable, **env}
+    done = subprocess.run(["bash", str(root / "tools" / "gpu_train.sh")], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def _log_names(out: Path) -> set[str]:
+    import tarfile
+
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        return set(tar.getnames())
+
+
 def test_gpu_sitting_script_runs_end_to_end_on_the_cpu(tmp_path: Path, tiny: tuple) -> None:
     """tools/gpu_train.sh (run on a lent GPU, rarely): probe, sized teacher, student, judge, shipped
     checkpoints and logs, here on the CPU with the tiny config so the script cannot rot unnoticed; the
     teacher warm-starts from INIT (a committed teacher continued on a GPU)."""
     import json
-    import os
-    import subprocess
-    import sys
     import tarfile
 
-    root = Path(__file__).resolve().parents[1]
     vae = _run(tmp_path / "v", "vae", tiny, 2)
     init = train_stage("teacher", *tiny, Run(out=tmp_path / "v", steps=2, vae=vae, progress=False))
-    env = {**os.environ, "DEVICE": "cpu", "CONFIG": "tiny", "VAE": str(vae), "INIT": str(init), "TEACHER_MIN": "0.03", "STUDENT_MIN": "0.02",
-           "PROBE_STEPS": "3", "EVAL_N": "1", "RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "out"), "PY": sys.executable}
-    done = subprocess.run(["bash", str(root / "tools" / "gpu_train.sh")], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _gpu_sitting(tmp_path, "out", VAE=str(vae), INIT=str(init), EVAL_N="1")
     assert f"warm start from {init}" in done.stderr
     out = tmp_path / "out"
     for stage in ("teacher", "student"):
         ck = load_checkpoint(out / f"{stage}.safetensors")  # small: not split
         assert ck.kind == stage and ck.optimizer is None
+    assert {"config.json", "teacher/log.jsonl", "student/log.jsonl", "student-eval.jsonl"} <= _log_names(out)
     with tarfile.open(out / "logs.tar.gz") as tar:
-        names = set(tar.getnames())
-        assert {"config.json", "teacher/log.jsonl", "student/log.jsonl", "student-eval.jsonl"} <= names
         sized = json.load(tar.extractfile("config.json"))
         row = json.loads(tar.extractfile("student-eval.jsonl").read())
     assert sized["train"]["teacher"]["steps"] >= 2 * tiny[1].teacher.warmup and row["n"] == 1 and row["kind"] == "student"
+
+
+def test_gpu_sitting_script_splits_teacher_and_student_over_two_calls(tmp_path: Path, tiny: tuple) -> None:
+    """A lease's two calls: STUDENT_MIN=0 trains only the teacher (from scratch with INIT empty); a fresh
+    machine then distils only the student from the TEACHER it is given."""
+    vae = _run(tmp_path / "v", "vae", tiny, 2)
+    first = _gpu_sitting(tmp_path, "call1", VAE=str(vae), INIT="", STUDENT_MIN="0")
+    assert "warm start" not in first.stderr
+    teacher = tmp_path / "call1" / "teacher.safetensors"
+    assert load_checkpoint(teacher).kind == "teacher" and not (tmp_path / "call1" / "student.safetensors").exists()
+    assert _log_names(tmp_path / "call1") == {"config.json", "teacher/log.jsonl"}
+    _gpu_sitting(tmp_path, "call2", VAE=str(vae), TEACHER=str(teacher), STUDENT_MIN="0.02")
+    assert load_checkpoint(tmp_path / "call2" / "student.safetensors").kind == "student"
+    assert not (tmp_path / "call2" / "teacher.safetensors").exists() and not (tmp_path / "call2-run" / "teacher").exists()
+    assert _log_names(tmp_path / "call2") == {"student/log.jsonl"}

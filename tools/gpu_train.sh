@@ -10,8 +10,12 @@
 # so that STUDENT_RESERVE_S are left for the student. Checkpoints over 15 MB are split into .partNN
 # files (cat them back). The teacher starts from INIT's weights (a teacher checkpoint of CONFIG's
 # architecture; a fresh optimizer): by default the committed GPU teacher, so each sitting continues it.
+# A lease's calls can split the work: STUDENT_MIN=0 trains only the teacher, TEACHER=<its checkpoint,
+# carried back> only the student (one device call may run at most 10 minutes).
 #
 #   OUT=/tmp/out bash tools/gpu_train.sh                                     # on a GPU machine
+#   STUDENT_MIN=0 OUT=/tmp/out DEADLINE_S=540 bash tools/gpu_train.sh                # call 1: the teacher only
+#   TEACHER=runs/gpu/teacher.safetensors CONFIG=experiments/gpu-default-g2-student.json STUDENT_MIN=3.4 OUT=/tmp/out bash tools/gpu_train.sh  # call 2
 #   INIT= CONFIG=experiments/gpu-wide-g2-bf16.json OUT=/tmp/out bash tools/gpu_train.sh   # a wide DiT from scratch
 #   INIT= DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
 # Run from the repository root; edgegen need not be installed (a lent GPU machine has torch but no edgegen).
@@ -22,7 +26,8 @@ CONFIG=${CONFIG:-experiments/gpu-default-g2-init.json}
 INIT=${INIT-checkpoints/teacher-gpu-default-g2.safetensors}  # set INIT= (empty) to train the teacher from scratch
 VAE=${VAE:-edgegen/assets/default/checkpoint.safetensors}
 TEACHER_MIN=${TEACHER_MIN:-5.3}
-STUDENT_MIN=${STUDENT_MIN:-1.2}
+STUDENT_MIN=${STUDENT_MIN:-1.2}  # 0: no student (a teacher-only call)
+TEACHER=${TEACHER:-}             # a teacher checkpoint: skip the teacher, distil a student from it (a student-only call)
 PROBE_STEPS=${PROBE_STEPS:-60}
 DEADLINE_S=${DEADLINE_S:-0}
 STUDENT_RESERVE_S=${STUDENT_RESERVE_S:-180}
@@ -36,10 +41,22 @@ T0=$(date +%s)
 stamp() { echo "[gpu_train +$(( $(date +%s) - T0 ))s] $*"; }
 mkdir -p "$RUN" "$OUT"
 
-stamp "probe: $PROBE_STEPS teacher steps of $CONFIG on $DEVICE (renders and encodes the latent pool once)"
-$PY -m edgegen train teacher --config "$CONFIG" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
-    --steps "$PROBE_STEPS" --no-progress --force ${INIT_ARGS[@]+"${INIT_ARGS[@]}"}
-$PY - "$CONFIG" "$RUN" "$TEACHER_MIN" "$DEADLINE_S" "$(( $(date +%s) - T0 ))" "$STUDENT_RESERVE_S" <<'EOF'
+ship() {  # ship(stage): the fp16 EMA checkpoint into OUT, split under 15 MB a file
+    $PY -c "import sys; from edgegen.model.checkpoint import ship_checkpoint; ship_checkpoint(sys.argv[1], sys.argv[2])" \
+        "$RUN/$1/last.safetensors" "$OUT/$1.safetensors"
+    rm -f "$OUT/$1.safetensors.part"*
+    if [ "$(stat -c %s "$OUT/$1.safetensors")" -gt 15000000 ]; then
+        split -b 15000000 -d "$OUT/$1.safetensors" "$OUT/$1.safetensors.part" && rm "$OUT/$1.safetensors"
+    fi
+}
+
+train_teacher() {  # the probe, the horizon sized to the budget, the teacher; writes $RUN/config.json
+    stamp "probe: $PROBE_STEPS teacher steps of $CONFIG on $DEVICE (renders and encodes the latent pool once)"
+    $PY -m edgegen train teacher --config "$CONFIG" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
+        --steps "$PROBE_STEPS" --no-progress --force ${INIT_ARGS[@]+"${INIT_ARGS[@]}"}
+    local reserve=$STUDENT_RESERVE_S
+    if [ "$STUDENT_MIN" = "0" ]; then reserve=0; fi  # a teacher-only call keeps nothing back
+    $PY - "$CONFIG" "$RUN" "$TEACHER_MIN" "$DEADLINE_S" "$(( $(date +%s) - T0 ))" "$reserve" <<'EOF'
 import json, sys
 from dataclasses import replace
 from pathlib import Path
@@ -60,28 +77,40 @@ tcfg = replace(tcfg, teacher=replace(tcfg.teacher, steps=steps))
 json.dump({"model": cfg.to_dict(), "train": tcfg.to_dict()}, open(run / "config.json", "w"), indent=2)
 print(f"[gpu_train] teacher step {dt * 1000:.1f} ms ({rows[-1]['clips_per_s']:.0f} clips/s): horizon {steps} steps for {minutes} min")
 EOF
-TEACHER_MIN=$(cat "$RUN/teacher_minutes")
-stamp "teacher: $TEACHER_MIN min"
-$PY -m edgegen train teacher --config "$RUN/config.json" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
-    --minutes "$TEACHER_MIN" --no-progress --force ${INIT_ARGS[@]+"${INIT_ARGS[@]}"}
-ship() {  # ship(stage): the fp16 EMA checkpoint into OUT, split under 15 MB a file
-    $PY -c "import sys; from edgegen.model.checkpoint import ship_checkpoint; ship_checkpoint(sys.argv[1], sys.argv[2])" \
-        "$RUN/$1/last.safetensors" "$OUT/$1.safetensors"
-    rm -f "$OUT/$1.safetensors.part"*
-    if [ "$(stat -c %s "$OUT/$1.safetensors")" -gt 15000000 ]; then
-        split -b 15000000 -d "$OUT/$1.safetensors" "$OUT/$1.safetensors.part" && rm "$OUT/$1.safetensors"
+    local minutes
+    minutes=$(cat "$RUN/teacher_minutes")
+    stamp "teacher: $minutes min"
+    $PY -m edgegen train teacher --config "$RUN/config.json" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
+        --minutes "$minutes" --no-progress --force ${INIT_ARGS[@]+"${INIT_ARGS[@]}"}
+    ship teacher
+}
+
+train_student() {  # train_student(teacher checkpoint, config): rollouts, reflow for STUDENT_MIN, the judge
+    stamp "student of $1: rollouts, then $STUDENT_MIN min"
+    $PY -m edgegen train student --config "$2" --out "$RUN" --teacher "$1" --device "$DEVICE" \
+        --minutes "$STUDENT_MIN" --no-progress --force
+    ship student
+    if [ "$EVAL_N" -gt 0 ]; then
+        stamp "judge: $EVAL_N held-out prompts, 32 frames"
+        $PY -m edgegen.model.evaluate "$RUN/student/last.safetensors" --split heldout --n "$EVAL_N" --frames 32 \
+            --device "$DEVICE" | tee "$RUN/student-eval.jsonl"
     fi
 }
-ship teacher
-stamp "student: rollouts, then $STUDENT_MIN min"
-$PY -m edgegen train student --config "$RUN/config.json" --out "$RUN" --device "$DEVICE" \
-    --minutes "$STUDENT_MIN" --no-progress --force
-ship student
-if [ "$EVAL_N" -gt 0 ]; then
-    stamp "judge: $EVAL_N held-out prompts, 32 frames"
-    $PY -m edgegen.model.evaluate "$RUN/student/last.safetensors" --split heldout --n "$EVAL_N" --frames 32 \
-        --device "$DEVICE" | tee "$RUN/student-eval.jsonl"
+
+if [ -z "$TEACHER" ]; then
+    train_teacher
+    STUDENT_CONFIG="$RUN/config.json"
+    TEACHER="$RUN/teacher/last.safetensors"
+else
+    STUDENT_CONFIG="$CONFIG"  # the student stage does not read the teacher's horizon
 fi
-tar czf "$OUT/logs.tar.gz" -C "$RUN" config.json teacher/log.jsonl student/log.jsonl $( [ -f "$RUN/student-eval.jsonl" ] && echo student-eval.jsonl)
+if [ "$STUDENT_MIN" != "0" ]; then
+    train_student "$TEACHER" "$STUDENT_CONFIG"
+fi
+logs=()
+for f in config.json teacher/log.jsonl student/log.jsonl student-eval.jsonl; do
+    if [ -f "$RUN/$f" ]; then logs+=("$f"); fi
+done
+tar czf "$OUT/logs.tar.gz" -C "$RUN" "${logs[@]}"
 stamp "done"
 ls -la "$OUT"
