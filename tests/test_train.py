@@ -836,7 +836,8 @@ def test_gpu_sitting_script_runs_end_to_end_on_the_cpu(tmp_path: Path, tiny: tup
 
 def test_gpu_sitting_script_splits_teacher_and_student_over_two_calls(tmp_path: Path, tiny: tuple) -> None:
     """A lease's two calls: STUDENT_MIN=0 trains only the teacher (from scratch with INIT empty); a fresh
-    machine then distils only the student from the TEACHER it is given."""
+    machine then distils only the student from the TEACHER it is given. A third call into the first
+    call's RUN folder packs only its own logs, not the teacher's left there."""
     vae = _run(tmp_path / "v", "vae", tiny, 2)
     first = _gpu_sitting(tmp_path, "call1", VAE=str(vae), INIT="", STUDENT_MIN="0")
     assert "warm start" not in first.stderr
@@ -847,3 +848,5 @@ def test_gpu_sitting_script_splits_teacher_and_student_over_two_calls(tmp_path: 
     assert load_checkpoint(tmp_path / "call2" / "student.safetensors").kind == "student"
     assert not (tmp_path / "call2" / "teacher.safetensors").exists() and not (tmp_path / "call2-run" / "teacher").exists()
     assert _log_names(tmp_path / "call2") == {"student/log.jsonl"}
+    _gpu_sitting(tmp_path, "call3", VAE=str(vae), TEACHER=str(teacher), RUN=str(tmp_path / "call1-run"))
+    assert _log_names(tmp_path / "call3") == {"student/log.jsonl"}

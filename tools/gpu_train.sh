@@ -40,6 +40,7 @@ if [ -n "${INIT:-}" ]; then INIT_ARGS=(--init "$INIT"); fi
 T0=$(date +%s)
 stamp() { echo "[gpu_train +$(( $(date +%s) - T0 ))s] $*"; }
 mkdir -p "$RUN" "$OUT"
+logs=()  # what this call made, for OUT/logs.tar.gz (RUN may hold an earlier call's files)
 
 ship() {  # ship(stage): the fp16 EMA checkpoint into OUT, split under 15 MB a file
     $PY -c "import sys; from edgegen.model.checkpoint import ship_checkpoint; ship_checkpoint(sys.argv[1], sys.argv[2])" \
@@ -83,6 +84,7 @@ EOF
     $PY -m edgegen train teacher --config "$RUN/config.json" --out "$RUN" --vae "$VAE" --device "$DEVICE" \
         --minutes "$minutes" --no-progress --force ${INIT_ARGS[@]+"${INIT_ARGS[@]}"}
     ship teacher
+    logs+=(config.json teacher/log.jsonl)
 }
 
 train_student() {  # train_student(teacher checkpoint, config): rollouts, reflow for STUDENT_MIN, the judge
@@ -90,10 +92,12 @@ train_student() {  # train_student(teacher checkpoint, config): rollouts, reflow
     $PY -m edgegen train student --config "$2" --out "$RUN" --teacher "$1" --device "$DEVICE" \
         --minutes "$STUDENT_MIN" --no-progress --force
     ship student
+    logs+=(student/log.jsonl)
     if [ "$EVAL_N" -gt 0 ]; then
         stamp "judge: $EVAL_N held-out prompts, 32 frames"
         $PY -m edgegen.model.evaluate "$RUN/student/last.safetensors" --split heldout --n "$EVAL_N" --frames 32 \
             --device "$DEVICE" | tee "$RUN/student-eval.jsonl"
+        logs+=(student-eval.jsonl)
     fi
 }
 
@@ -107,10 +111,6 @@ fi
 if [ "$STUDENT_MIN" != "0" ]; then
     train_student "$TEACHER" "$STUDENT_CONFIG"
 fi
-logs=()
-for f in config.json teacher/log.jsonl student/log.jsonl student-eval.jsonl; do
-    if [ -f "$RUN/$f" ]; then logs+=("$f"); fi
-done
 tar czf "$OUT/logs.tar.gz" -C "$RUN" "${logs[@]}"
 stamp "done"
 ls -la "$OUT"
