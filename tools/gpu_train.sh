@@ -14,8 +14,8 @@
 # carried back> only the student (one device call may run at most 10 minutes).
 #
 #   OUT=/tmp/out bash tools/gpu_train.sh                                     # on a GPU machine
-#   STUDENT_MIN=0 OUT=/tmp/out DEADLINE_S=540 bash tools/gpu_train.sh                # call 1: the teacher only
-#   TEACHER=runs/gpu/teacher.safetensors CONFIG=experiments/gpu-default-g2-student.json STUDENT_MIN=3.4 OUT=/tmp/out bash tools/gpu_train.sh  # call 2
+#   STUDENT_MIN=0 OUT=/tmp/out DEADLINE_S=450 bash tools/gpu_train.sh                # call 1: the teacher only
+#   TEACHER=runs/gpu/teacher.safetensors CONFIG=experiments/gpu-default-g2-student.json STUDENT_MIN=3.0 OUT=/tmp/out bash tools/gpu_train.sh  # call 2
 #   INIT= CONFIG=experiments/gpu-wide-g2-bf16.json OUT=/tmp/out bash tools/gpu_train.sh   # a wide DiT from scratch
 #   INIT= DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
 # Run from the repository root; edgegen need not be installed (a lent GPU machine has torch but no edgegen).
