@@ -769,11 +769,15 @@ def test_ctrl_c_during_a_build_cancels_it_through_the_monitor(monkeypatch: pytes
     """No progress display (the `generate` path): Ctrl-C still reaches TensorRT as a cancelled step,
     no exception unwinds through the builder, and KeyboardInterrupt comes out after it returned."""
     builder = _FakeBuilder(_FakeConfig(profile_index=0), during=lambda: signal.raise_signal(signal.SIGINT))
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        _fake_build(monkeypatch, tmp_path, builder)
-    assert builder.answers == [True, False] and builder.unwound is None
-    assert signal.getsignal(signal.SIGINT) is before  # the usual handler is back
+    # Python's own handler, as in a terminal: a background job (nohup CI) inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _fake_build(monkeypatch, tmp_path, builder)
+        assert builder.answers == [True, False] and builder.unwound is None
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_failing_progress_callback_cancels_the_build_and_is_raised_after(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
