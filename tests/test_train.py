@@ -789,7 +789,7 @@ def test_bf16_autocast_is_for_gpus_a_cpu_run_says_so_and_trains_in_fp32(tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _gpu_sitting(tmp_path: Path, name: str, **env: str):
+def _gpu_sitting(tmp_path: Path, name: str, returncode: int = 0, **env: str):
     """Run tools/gpu_train.sh on the CPU with the tiny config into <tmp>/<name>-run and <tmp>/<name>."""
     import os
     import subprocess
@@ -801,7 +801,7 @@ def _gpu_sitting(tmp_path: Path, name: str, **env: str):
            "PY": sys.executable, **env}
     done = subprocess.run(["bash", str(root / "tools" / "gpu_train.sh")], cwd=root, env=env, capture_output=True, text=True,
                           timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == returncode, done.stderr[-2000:]
     return done
 
 
@@ -850,3 +850,5 @@ def test_gpu_sitting_script_splits_teacher_and_student_over_two_calls(tmp_path: 
     assert _log_names(tmp_path / "call2") == {"student/log.jsonl"}
     _gpu_sitting(tmp_path, "call3", VAE=str(vae), TEACHER=str(teacher), RUN=str(tmp_path / "call1-run"))
     assert _log_names(tmp_path / "call3") == {"student/log.jsonl"}
+    nothing = _gpu_sitting(tmp_path, "call4", 2, TEACHER=str(teacher), STUDENT_MIN="0")
+    assert nothing.stderr.strip() == "gpu_train: TEACHER with STUDENT_MIN=0 leaves nothing to do; give the student minutes or unset TEACHER"

@@ -15,7 +15,7 @@
 #
 #   OUT=/tmp/out bash tools/gpu_train.sh                                     # on a GPU machine
 #   STUDENT_MIN=0 OUT=/tmp/out DEADLINE_S=450 bash tools/gpu_train.sh                # call 1: the teacher only
-#   TEACHER=runs/gpu/teacher.safetensors CONFIG=experiments/gpu-default-g2-student.json STUDENT_MIN=3.0 OUT=/tmp/out bash tools/gpu_train.sh  # call 2
+#   TEACHER=runs/gpu/teacher.safetensors STUDENT_MIN=3.0 OUT=/tmp/out bash tools/gpu_train.sh       # call 2: the student only
 #   INIT= CONFIG=experiments/gpu-wide-g2-bf16.json OUT=/tmp/out bash tools/gpu_train.sh   # a wide DiT from scratch
 #   INIT= DEVICE=cpu CONFIG=tiny-ish.json VAE=... TEACHER_MIN=0.3 STUDENT_MIN=0.2 bash tools/gpu_train.sh   # a dry run
 # Run from the repository root; edgegen need not be installed (a lent GPU machine has torch but no edgegen).
@@ -35,8 +35,12 @@ EVAL_N=${EVAL_N:-200}
 RUN=${RUN:-/tmp/gpurun}
 OUT=${OUT:?set OUT to the folder for the results}
 PY=${PY:-python3}
+if [ -n "$TEACHER" ] && [ "$STUDENT_MIN" = "0" ]; then
+    echo "gpu_train: TEACHER with STUDENT_MIN=0 leaves nothing to do; give the student minutes or unset TEACHER" >&2
+    exit 2
+fi
 INIT_ARGS=()
-if [ -n "${INIT:-}" ]; then INIT_ARGS=(--init "$INIT"); fi
+if [ -n "$INIT" ]; then INIT_ARGS=(--init "$INIT"); fi
 T0=$(date +%s)
 stamp() { echo "[gpu_train +$(( $(date +%s) - T0 ))s] $*"; }
 mkdir -p "$RUN" "$OUT"
