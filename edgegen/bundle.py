@@ -147,6 +147,11 @@ class Bundle:
     def t_ctx(self) -> float:
         return float(self.manifest["sampler"]["t_ctx"])
 
+    @property
+    def t_ctx_from(self) -> int:
+        """Chunks before this one are committed clean; bundles written before the field commit every chunk at t_ctx."""
+        return int(self.manifest["sampler"].get("t_ctx_from", 0))
+
     def schedule(self, steps: int) -> tuple[float, ...]:
         """The stored times (1 → 0) for `steps` Euler steps."""
         schedules = self.manifest["sampler"]["schedules"]
@@ -571,6 +576,9 @@ def _validate_numbers(data: Mapping[str, Any]) -> list[str]:
     t_ctx = data["sampler"]["t_ctx"]
     if not (_is_number(t_ctx) and 0.0 <= t_ctx <= 1.0):
         problems.append(f"sampler.t_ctx is {t_ctx!r}, expected a number from 0 to 1")
+    t_ctx_from = data["sampler"].get("t_ctx_from", 0)
+    if not (isinstance(t_ctx_from, int) and not isinstance(t_ctx_from, bool) and t_ctx_from >= 0):
+        problems.append(f"sampler.t_ctx_from is {t_ctx_from!r}, expected a whole number >= 0")
     return problems
 
 

@@ -4,7 +4,10 @@ Convention: x_t = (1 - t) x0 + t noise, t = 1 is pure noise; the model predicts 
 Euler steps follow the straight-line ODE (Liu et al. 2022, "Flow Straight and Fast").
 A finished chunk enters the cache through the commit pass at `t_ctx`; when `t_ctx` > 0 it is first
 noised to that level (`commit_input`) with noise from the stream's own commit source, the way the
-model was trained (labelled context noise), so every backend commits the same input.
+model was trained (labelled context noise), so every backend commits the same input. With
+`t_ctx_from` = k the first k chunks are committed clean (level 0, no draw) and the later ones at
+`t_ctx` (`commit_level`): a stream's opening sets its motion from clean context, and the rest of it
+leans on the text instead of copying a context that degrades over a long stream.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ def commit_rng(seed: int) -> np.random.Generator:
 def commit_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Noise for the next commit: float32, drawn in stream order from `commit_rng`."""
     return rng.standard_normal(shape, dtype=np.float32)
+
+
+def commit_level(t_ctx: float, t_ctx_from: int, chunk: int) -> float:
+    """The level the finished chunk `chunk` (0-based) is committed at: 0 before chunk `t_ctx_from`, then `t_ctx`."""
+    return t_ctx if chunk >= t_ctx_from else 0.0
 
 
 def commit_input(x: np.ndarray, t_ctx: float, rng: np.random.Generator) -> np.ndarray:

@@ -86,6 +86,7 @@ class ExportSource:
     default_steps: int
     shift: float
     t_ctx: float
+    t_ctx_from: int
     prompts: tuple[str, ...]  # real prompts for the parity run
     # (prompt, seed, frames, steps) -> uint8 clip from an independent torch reference pipeline;
     # None: the torch components driven by the runtime's own loop are the reference.
@@ -299,6 +300,7 @@ def _manifest(source: ExportSource, out: Path, precisions: Sequence[str], opset:
             "shift": source.shift,
             "schedules": {str(s): sampling.schedule(s, source.shift) for s in steps},
             "t_ctx": source.t_ctx,
+            "t_ctx_from": source.t_ctx_from,
         },
         "tokenizer": {"file": TOKENIZER_FILE, "max_len": source.tokenizer.max_len},
         "precisions": records,

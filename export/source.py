@@ -101,6 +101,7 @@ def _source(cfg, components, kind: str, checkpoint_sha256: str) -> ExportSource:
         default_steps=cfg.default_steps,
         shift=cfg.shift,
         t_ctx=cfg.t_ctx,
+        t_ctx_from=cfg.t_ctx_from,
         prompts=parity_prompts(),
         reference=_reference(cfg, components, kind),
     )

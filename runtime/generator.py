@@ -279,7 +279,7 @@ class Stream(Iterator[np.ndarray]):
         self.steps = steps
         self._hooks = hooks
         self._times = gen.bundle.schedule(steps)
-        self._t_ctx = gen.bundle.t_ctx
+        self._t_ctx, self._t_ctx_from = gen.bundle.t_ctx, gen.bundle.t_ctx_from
         self._rng = sampling.stream_rng(seed)
         self._commit_rng = sampling.commit_rng(seed)
         self._tokens = tokens[None, :]  # (1, L)
@@ -308,8 +308,9 @@ class Stream(Iterator[np.ndarray]):
                 chunk_start = time.perf_counter()
                 if pending_commit is not None:  # the previous chunk's K/V, now that more frames are wanted
                     step_start = time.perf_counter()
-                    denoiser.commit(sampling.commit_input(pending_commit, self._t_ctx, self._commit_rng), self._t_ctx)
-                    self._hooks.on_step(StepEvent(chunk - 1, self.steps, self.steps, self._t_ctx, time.perf_counter() - step_start))
+                    t_ctx = sampling.commit_level(self._t_ctx, self._t_ctx_from, chunk - 1)
+                    denoiser.commit(sampling.commit_input(pending_commit, t_ctx, self._commit_rng), t_ctx)
+                    self._hooks.on_step(StepEvent(chunk - 1, self.steps, self.steps, t_ctx, time.perf_counter() - step_start))
                 x = sampling.chunk_noise(self._rng, self._latent_shape)  # (1, C, h, w)
                 for k, (t, t_next) in enumerate(zip(self._times[:-1], self._times[1:], strict=True)):
                     step_start = time.perf_counter()

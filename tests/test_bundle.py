@@ -213,6 +213,19 @@ def test_validate_manifest_reports_structure_problems(tiny_bundle: Path) -> None
     assert any("schedules['2']" in p for p in problems)
     assert any("escape" in p for p in problems)
     assert validate_manifest([]) == ["the manifest is not a JSON object"]
+    for value in (-1, 1.5, True, "2"):
+        bad = json.loads(json.dumps(good))
+        bad["sampler"]["t_ctx_from"] = value
+        assert any("sampler.t_ctx_from" in p for p in validate_manifest(bad)), value
+
+
+def test_a_bundle_without_t_ctx_from_commits_every_chunk_at_t_ctx(bundle_copy: Path) -> None:
+    """Bundles exported before the field: every chunk at t_ctx, as they ran then."""
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    assert load_bundle(bundle_copy).t_ctx_from == manifest["sampler"]["t_ctx_from"] == 0
+    del manifest["sampler"]["t_ctx_from"]
+    write_manifest(bundle_copy, manifest)
+    assert load_bundle(bundle_copy).t_ctx_from == 0
 
 
 def test_write_manifest_is_atomic_and_refreshes_checksums(bundle_copy: Path) -> None:

@@ -253,9 +253,11 @@ def test_export_and_inspect_cli(tiny_bundle: Path, tmp_path: Path, capsys: pytes
 
 
 
-def test_noised_commit_is_the_same_in_the_runtime_loop_and_the_reference(bundle_copy: Path, torch_one_thread) -> None:
+@pytest.mark.parametrize("t_ctx_from", [0, 2])
+def test_noised_commit_is_the_same_in_the_runtime_loop_and_the_reference(bundle_copy: Path, torch_one_thread, t_ctx_from: int) -> None:
     """t_ctx > 0: the runtime loop and the torch reference pipeline both commit each finished chunk
-    noised to t_ctx, (1 - t_ctx) x0 + t_ctx n, with n from the stream's commit source in order."""
+    from chunk t_ctx_from on noised to t_ctx, (1 - t_ctx) x0 + t_ctx n, with n from the stream's commit
+    source in order, and the chunks before it clean (no draw)."""
     from dataclasses import replace
 
     from conftest import tiny_source
@@ -270,15 +272,16 @@ def test_noised_commit_is_the_same_in_the_runtime_loop_and_the_reference(bundle_
 
     t_ctx, seed, prompt = 0.3, 5, "a red circle moving right"
     manifest = json.loads((bundle_copy / MANIFEST).read_text())
-    manifest["sampler"]["t_ctx"] = t_ctx
+    manifest["sampler"].update(t_ctx=t_ctx, t_ctx_from=t_ctx_from)
     write_manifest(bundle_copy, manifest)
     bundle, source = load_bundle(bundle_copy), tiny_source()
     modules = {name: c.module for name, c in source.components.items()}
     sessions = {name: TorchSession(modules[name], bundle.component("fp32", name).input_names, bundle.component("fp32", name).output_names)
                 for name in ("text_encoder", "context", "denoiser", "commit", "vae_decoder")}
     gen = Generator(bundle=bundle, backend="torch", precision="fp32", tokenizer=source.tokenizer, sessions=sessions)
-    records, _ = parity.capture(gen, [prompt], seed=seed, frames=12, steps=2)
-    runtime_in = [feeds["latent"] for feeds, _ in records["commit"]]  # 3 chunks: 2 commits (the last is not needed)
+    records, _ = parity.capture(gen, [prompt], seed=seed, frames=16, steps=2)
+    runtime_in = [feeds["latent"] for feeds, _ in records["commit"]]  # 4 chunks: 3 commits (the last is not needed)
+    runtime_t = [float(feeds["t"][0]) for feeds, _ in records["commit"]]
 
     seen: list[np.ndarray] = []
     commit = modules["commit"]
@@ -287,12 +290,14 @@ def test_noised_commit_is_the_same_in_the_runtime_loop_and_the_reference(bundle_
         seen.append(x.numpy().copy())
         return commit(x, *rest)
 
-    cfg = replace(ModelConfig.from_dict(source.config), t_ctx=t_ctx)
-    latents = list(generate_latents(Model(cfg, source.tokenizer, {**modules, "commit": spy}, "student"), prompt, seed, 3, 2))
+    cfg = replace(ModelConfig.from_dict(source.config), t_ctx=t_ctx, t_ctx_from=t_ctx_from)
+    latents = list(generate_latents(Model(cfg, source.tokenizer, {**modules, "commit": spy}, "student"), prompt, seed, 4, 2))
     rng = sampling.commit_rng(seed)
-    expected = [(1 - t_ctx) * z + t_ctx * sampling.commit_noise(rng, z.shape) for z in latents]
-    assert len(runtime_in) == 2 and len(seen) == 3
-    for k in range(2):
-        np.testing.assert_allclose(seen[k], expected[k], atol=1e-5)  # the reference commits the noised chunk
+    expected = [(1 - t_ctx) * z + t_ctx * sampling.commit_noise(rng, z.shape) if k >= t_ctx_from else z for k, z in enumerate(latents)]
+    assert len(runtime_in) == 3 and len(seen) == 4
+    assert runtime_t == pytest.approx([t_ctx if k >= t_ctx_from else 0.0 for k in range(3)])
+    for k in range(3):
+        np.testing.assert_allclose(seen[k], expected[k], atol=1e-5)  # the reference commits the chunk at its level
         np.testing.assert_allclose(runtime_in[k], seen[k], atol=1e-4)  # and the runtime commits the same
-        assert np.abs(runtime_in[k] - latents[k]).mean() > 0.1  # not the clean chunk
+        noised = np.abs(runtime_in[k] - latents[k]).mean() > 0.1
+        assert noised == (k >= t_ctx_from)  # noised from chunk t_ctx_from on, clean before it

@@ -168,6 +168,18 @@ def test_checkpoint_roundtrip_and_ship(tmp_path: Path, cfg: ModelConfig) -> None
     assert shipped.optimizer is None and not shipped.ema
     assert all(v.dtype == torch.float16 for sd in shipped.model.values() for v in sd.values() if v.is_floating_point())
     assert not list(tmp_path.glob("*.partial"))
+    assert (shipped.config.t_ctx, shipped.config.t_ctx_from) == (ck.config.t_ctx, ck.config.t_ctx_from)
+    from edgegen.errors import UserError
+
+    # the sampler's settings (and only those) can be set when shipping; the weights stay the same
+    tuned = load_checkpoint(ship_checkpoint(path, tmp_path / "tuned.safetensors", t_ctx=0.1, t_ctx_from=2))
+    assert (tuned.config.t_ctx, tuned.config.t_ctx_from) == (0.1, 2)
+    assert all(torch.equal(v, shipped.model[m][k]) for m, sd in tuned.model.items() for k, v in sd.items())
+    with pytest.raises(ValueError, match="shift cannot be set"):
+        ship_checkpoint(path, tmp_path / "x.safetensors", shift=3.0)
+    with pytest.raises(UserError, match="t_ctx_from must be a whole number >= 0"):
+        ship_checkpoint(path, tmp_path / "x.safetensors", t_ctx_from=-1)
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def _print(info: dict[str, Any]) -> None:
          f"{video['chunk_frames']} frames per chunk, latent {info['latent']['channels']}x{info['latent']['height']}x{info['latent']['width']}, "
          f"KV cache {info['cache']['slots']} slots x {info['cache']['tokens_per_slot']} tokens")
     steps = ", ".join(sorted(sampler["schedules"], key=int))
-    echo(f"sampler  {sampler['type']}: steps {steps} (default {sampler['default_steps']}), t_ctx {sampler['t_ctx']}")
+    echo(f"sampler  {sampler['type']}: steps {steps} (default {sampler['default_steps']}), t_ctx {sampler['t_ctx']} from chunk {sampler.get('t_ctx_from', 0)}")
     for precision, record in info["precisions"].items():
         total = sum(info["files"][c["file"]]["bytes"] for c in record["components"].values())
         echo(f"{precision:<8} {_mb(total)}")

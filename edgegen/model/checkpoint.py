@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from edgegen.errors import UserError
 from edgegen.files import atomic_path
-from edgegen.model.config import ModelConfig
+from edgegen.model.config import ModelConfig, validate_model
 
 FORMAT = "edgegen.checkpoint.v1"
 MODEL_MODULES = ("vae", "text", "dit")  # what a model runs with; a checkpoint may hold training-only modules too
@@ -187,12 +187,21 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor] | None, misma
     module.load_state_dict(state)  # type: ignore[arg-type]
 
 
-def ship_checkpoint(src: str | Path, dst: str | Path) -> Path:
+SAMPLER_FIELDS = ("t_ctx", "t_ctx_from")  # how a stream runs, not what was trained: settable when shipping
+
+
+def ship_checkpoint(src: str | Path, dst: str | Path, **sampler: Any) -> Path:
     """The shipped form of a trained checkpoint: EMA weights of the model's own modules only (no
-    training-only ones such as a DMD fake score), fp16, no optimizer or RNG."""
+    training-only ones such as a DMD fake score), fp16, no optimizer or RNG; `sampler` sets
+    `SAMPLER_FIELDS` of its config (e.g. t_ctx=0.1, t_ctx_from=2), which the export carries into the bundle."""
+    unknown = sorted(set(sampler) - set(SAMPLER_FIELDS))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} cannot be set when shipping; only {', '.join(SAMPLER_FIELDS)}")
     ck = load_checkpoint(src)
     weights = {k: v for k, v in ck.weights().items() if k in MODEL_MODULES}
-    return save_checkpoint(dst, weights, ck.config, ck.step, kind=ck.kind, extra=ck.extra, dtype=torch.float16)
+    config = ModelConfig.from_dict({**ck.config.to_dict(), **sampler})
+    validate_model(config)
+    return save_checkpoint(dst, weights, config, ck.step, kind=ck.kind, extra=ck.extra, dtype=torch.float16)
 
 
 def with_vae_decoder(src: str | Path, vae_src: str | Path, dst: str | Path) -> Path:

@@ -53,6 +53,7 @@ class ModelConfig:
     # sampler
     shift: float = 1.0
     t_ctx: float = 0.0
+    t_ctx_from: int = 0  # chunks before this one are committed clean (level 0), the rest at t_ctx
     teacher_steps: int = 25
     guidance: float = 4.0
     student_steps: tuple[int, ...] = (1, 2, 4)
@@ -300,7 +301,7 @@ MODEL_RULES: dict[str, Rule] = {
     "latent_mean": _float_list(), "latent_std": _float_list(),
     "vocab_size": _ints(0), "max_len": _ints(1), "text_width": _ints(1), "text_depth": _ints(1), "text_heads": _ints(1),
     "patch": _ints(1), "dit_width": _ints(4), "dit_depth": _ints(1), "dit_heads": _ints(1), "mlp_ratio": _positive(),
-    "window": _ints(1), "shift": _positive(), "t_ctx": _nums(0.0, 1.0, hi_open=True), "teacher_steps": _ints(1),
+    "window": _ints(1), "shift": _positive(), "t_ctx": _nums(0.0, 1.0, hi_open=True), "t_ctx_from": _ints(0), "teacher_steps": _ints(1),
     "guidance": _nums(0.0), "student_steps": _int_list(1), "default_steps": _ints(1),
 }
 STAGE_RULES: dict[str, Rule] = {
@@ -338,9 +339,14 @@ def _require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def validate_model(model: ModelConfig) -> None:
+    """Refuse model values the network or the sampler cannot run with (UserError naming the key)."""
+    _check(model, MODEL_RULES, "model")
+
+
 def validate(model: ModelConfig, train: TrainConfig) -> None:
     """Refuse values the model or the training loop cannot run with; each message names the key."""
-    _check(model, MODEL_RULES, "model")
+    validate_model(model)
     _check(train, TRAIN_RULES, "train")
     for stage in ("vae", "teacher", "student"):
         _check(getattr(train, stage), STAGE_RULES, f"train.{stage}")

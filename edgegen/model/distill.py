@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 # The config numbers that shape a teacher rollout (besides its weights): taken from the current
 # config, not the teacher's checkpoint, and part of the rollout cache's key.
-TEACHER_SAMPLER = ("guidance", "teacher_steps", "shift", "t_ctx")
+TEACHER_SAMPLER = ("guidance", "teacher_steps", "shift", "t_ctx", "t_ctx_from")
 
 SHARD = 64  # rollouts per shard file
 FAKE = "fake_dit"  # the DMD fake score's module in a student checkpoint (training only, never shipped)
@@ -222,6 +222,8 @@ class FirstChunkDMD:
 def pairs_key(teacher_path: Path, cfg: ModelConfig, tcfg: TrainConfig) -> str:
     """Cache folder name for teacher rollouts: the teacher file's digest and every number that shapes them."""
     sampler = {f: getattr(cfg, f) for f in TEACHER_SAMPLER}
+    if not sampler["t_ctx_from"]:  # the default: keys (and cached rollouts) from before the field stay valid
+        del sampler["t_ctx_from"]
     sampler.update(seed=tcfg.seed, clip_chunks=tcfg.clip_chunks)
     text = sha256_file(teacher_path) + json.dumps(sampler, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -45,6 +45,7 @@ from edgegen.model.pipeline import (
     Cache,
     FirstChunk,
     Model,
+    commit_level,
     denoise_chunk,
     encode_text,
     generate_video,
@@ -68,10 +69,12 @@ def _rates(samples: list[tuple[str, int, np.ndarray]]) -> dict[str, float | None
     return {k: (round(v["accuracy"], 3) if v["accuracy"] is not None else None) for k, v in acc.items()}
 
 
-def load(path: str, t_ctx: float | None = None, device: str = "cpu") -> Model:
-    """The checkpoint's model on `device`; `t_ctx` overrides the level its finished chunks are committed at."""
+def load(path: str, t_ctx: float | None = None, device: str = "cpu", t_ctx_from: int | None = None) -> Model:
+    """The checkpoint's model on `device`; `t_ctx` overrides the level its finished chunks are committed at,
+    `t_ctx_from` the first chunk committed at that level (those before it are committed clean)."""
     model = load_model(path).to(device)
-    return model if t_ctx is None else dataclasses.replace(model, config=dataclasses.replace(model.config, t_ctx=t_ctx))
+    given = {k: v for k, v in (("t_ctx", t_ctx), ("t_ctx_from", t_ctx_from)) if v is not None}
+    return dataclasses.replace(model, config=dataclasses.replace(model.config, **given)) if given else model
 
 
 def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: int, split: str, frames: int,
@@ -91,7 +94,7 @@ def sweep(path: str, guidances: list[float | None], steps: list[int | None], n: 
                        for i, p in enumerate(prompts(split, n, seed=0))]
             rates = _rates(samples)
             row = {"checkpoint": path, "kind": model.kind, "split": split, "guidance": g if g is not None else model.default_guidance,
-                   "steps": s or model.default_steps, "t_ctx": model.config.t_ctx, "n": n, "seed_base": seed_base,
+                   "steps": s or model.default_steps, "t_ctx": model.config.t_ctx, "t_ctx_from": model.config.t_ctx_from, "n": n, "seed_base": seed_base,
                    **_first_row(first), "seconds": round(time.perf_counter() - t0, 1), **rates}
             _emit(row, rows)
     return rows
@@ -146,25 +149,28 @@ def real_context(model: Model, prompt: str, seed: int, k: int, chunks: int) -> t
     cache = Cache(model, text)
     rows = pooled.shape[0]
     commit_rng = sampling.commit_rng(seed)
-    for z in real[:k]:
-        zc = torch.from_numpy(sampling.commit_input(z.numpy(), cfg.t_ctx, commit_rng))
-        cache.push(parts["commit"](zc.expand(rows, -1, -1, -1), torch.full((rows,), cfg.t_ctx), pooled, cache.context, cache.bias))
+    for i, z in enumerate(real[:k]):
+        t_ctx = commit_level(cfg, i)
+        zc = torch.from_numpy(sampling.commit_input(z.numpy(), t_ctx, commit_rng))
+        cache.push(parts["commit"](zc.expand(rows, -1, -1, -1), torch.full((rows,), t_ctx), pooled, cache.context, cache.bias))
     return real, cache, pooled, commit_rng
 
 
 @torch.no_grad()
 def generate_after(model: Model, seed: int, cache: Cache, pooled: torch.Tensor, commit_rng: np.random.Generator, chunks: int,
-                   steps: int | None = None) -> list[torch.Tensor]:
-    """`chunks` more chunks of a stream whose cache is `cache`: chunk noise from `sampling.stream_rng(seed)`
-    (from its first draw on, as a plain stream starts), commit noise from `commit_rng`."""
+                   steps: int | None = None, start: int = 0) -> list[torch.Tensor]:
+    """`chunks` more chunks of a stream whose cache is `cache`, the first of them the stream's chunk
+    `start` (it sets their commit levels): chunk noise from `sampling.stream_rng(seed)` (from its first
+    draw on, as a plain stream starts), commit noise from `commit_rng`."""
     cfg = model.config
     rng, shape = sampling.stream_rng(seed), (1, cfg.latent_channels, *cfg.latent_size)
     times = times_for(cfg, steps or model.default_steps)
     out = []
-    for _ in range(chunks):
+    for i in range(start, start + chunks):
         noise = torch.from_numpy(sampling.chunk_noise(rng, shape))
-        commit = torch.from_numpy(sampling.commit_noise(commit_rng, shape)) if cfg.t_ctx else None
-        out.append(denoise_chunk(model, noise, times, pooled, cache, model.default_guidance, cfg.t_ctx, commit))
+        t_ctx = commit_level(cfg, i)
+        commit = torch.from_numpy(sampling.commit_noise(commit_rng, shape)) if t_ctx else None
+        out.append(denoise_chunk(model, noise, times, pooled, cache, model.default_guidance, t_ctx, commit))
     return out
 
 
@@ -185,7 +191,7 @@ def continue_clip(model: Model, prompt: str, seed: int, k: int, steps: int | Non
     """Real chunks 0..k-1 as context -> (last real frame of chunk k-1, real chunk k's last frame, the
     generated chunk k's last frame), float [H, W, 3] in [0, 1], decoded with the same carried state."""
     real, cache, pooled, commit_rng = real_context(model, prompt, seed, k, k + 1)
-    (made,) = generate_after(model, seed, cache, pooled, commit_rng, 1, steps)
+    (made,) = generate_after(model, seed, cache, pooled, commit_rng, 1, steps, start=k)
     before, state = decode(model, real[:k])  # the shared prefix, decoded once
     return before[-1], decode(model, real[k:], state)[0][-1], decode(model, [made], state)[0][-1]
 
@@ -195,7 +201,7 @@ def primed_video(model: Model, prompt: str, seed: int, k: int, frames: int, step
     plain stream, `generate_video`)."""
     F = model.config.chunk_frames
     real, cache, pooled, commit_rng = real_context(model, prompt, seed, k, k)
-    video, _ = decode(model, [*real, *generate_after(model, seed, cache, pooled, commit_rng, -(-frames // F), steps)])
+    video, _ = decode(model, [*real, *generate_after(model, seed, cache, pooled, commit_rng, -(-frames // F), steps, start=k)])
     return (video[F * k : F * k + frames] * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -359,6 +365,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="torch device of the judge sweep (e.g. cuda); the other measures run on the CPU")
     ap.add_argument("--t-ctx", type=float, default=None, help="commit finished chunks at this noise level (default: the model's t_ctx)")
+    ap.add_argument("--t-ctx-from", type=int, default=None, help="the first chunk committed at t_ctx, those before it clean (the judge sweep; default: the model's)")
     ap.add_argument("--continuation", default="", help="comma list of real context chunk counts (teacher forcing; see above)")
     ap.add_argument("--free-run", type=int, default=0, help="chunks per stream for the free-running motion measure (see above)")
     ap.add_argument("--stutter", type=int, default=0, help="chunks per clip for the inside- vs across-chunk frame change (see above)")
@@ -371,8 +378,12 @@ def main() -> None:
     a = ap.parse_args()
     if a.t_ctx is not None and not 0.0 <= a.t_ctx < 1.0:
         ap.error(f"--t-ctx must be from 0 up to (not including) 1, not {a.t_ctx}")
+    if a.t_ctx_from is not None and a.t_ctx_from < 0:
+        ap.error(f"--t-ctx-from must be a chunk index >= 0, not {a.t_ctx_from}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.t_ctx_from is not None and (a.continuation or a.free_run or a.primed or a.vae_judge or a.stutter):
+        ap.error("--t-ctx-from applies to the judge sweep only; leave it out for the other measures")
     if a.device != "cpu" and (a.continuation or a.free_run or a.primed or a.vae_judge or a.stutter):
         ap.error("--device applies to the judge sweep only; leave it out for the other measures")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -400,7 +411,7 @@ def main() -> None:
         return
     guidances = [float(x) for x in a.guidance.split(",") if x] or [None]
     first = _first_chunk(ap, a)
-    model = load(a.checkpoint, a.t_ctx, a.device)  # once: the check below and the sweep share it
+    model = load(a.checkpoint, a.t_ctx, a.device, a.t_ctx_from)  # once: the check below and the sweep share it
     if first is not None:
         try:
             first.check(model)

@@ -1,7 +1,8 @@
 """Torch reference sampling: the DESIGN.md streaming loop over the component modules.
 
 Per chunk: the context graph over the cache, Euler steps of the flow ODE from numpy noise
-(`edgegen.sampling`, the same draws every backend makes), a commit pass at `t_ctx` (on the chunk
+(`edgegen.sampling`, the same draws every backend makes), a commit pass at the chunk's level (`t_ctx` from
+chunk `t_ctx_from` on, else 0: `commit_level`; on the chunk
 noised to `t_ctx` when that is above 0, `sampling.commit_input`) whose K/V roll into the cache, then the VAE decoder with its carried state. Classifier-free guidance (teacher only; the student has it
 folded in) runs the conditional and all-PAD prompts as a batch of 2 with one cache each:
 v = v_uncond + g (v_cond - v_uncond) (Ho & Salimans 2022).
@@ -155,6 +156,11 @@ class FirstChunk:
         return euler(model, x.to(model.device), times, pooled, Cache(model, text), guidance)
 
 
+def commit_level(cfg: ModelConfig, chunk: int) -> float:
+    """The level the model's finished chunk `chunk` (0-based) is committed at (`sampling.commit_level`)."""
+    return sampling.commit_level(cfg.t_ctx, cfg.t_ctx_from, chunk)
+
+
 def committed(x: torch.Tensor, t_ctx: float, noise: torch.Tensor | None) -> torch.Tensor:
     """What the commit pass sees of a finished chunk x: x itself at t_ctx = 0, else x noised to t_ctx."""
     if t_ctx == 0.0:
@@ -176,12 +182,13 @@ def encode_text(model: Model, tokens: torch.Tensor, guidance: float) -> tuple[to
 def rollout(model: Model, tokens: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float,
             commit_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Batched streaming generation from given noise: tokens (B,L), noise (B,T,C,h,w) -> latents (B,T,C,h,w),
-    on the device the inputs are on (the model's); `commit_noise` (B,T,C,h,w) is needed when the model's t_ctx > 0."""
+    on the device the inputs are on (the model's); `commit_noise` (B,T,C,h,w) is needed when the model's t_ctx > 0
+    (chunks before its `t_ctx_from` are committed clean and ignore theirs)."""
     cfg = model.config
     text, pooled = encode_text(model, tokens, guidance)
     cache = Cache(model, text)
     times = times_for(cfg, steps)
-    return torch.stack([denoise_chunk(model, noise[:, i], times, pooled, cache, guidance, cfg.t_ctx,
+    return torch.stack([denoise_chunk(model, noise[:, i], times, pooled, cache, guidance, commit_level(cfg, i),
                                       None if commit_noise is None else commit_noise[:, i]) for i in range(noise.shape[1])], dim=1)
 
 
@@ -206,12 +213,13 @@ def generate_latents(
     shape = (1, cfg.latent_channels, *cfg.latent_size)
     for i in range(chunks):
         x = torch.from_numpy(sampling.chunk_noise(rng, shape)).to(device)
-        noise = torch.from_numpy(sampling.commit_noise(commit_rng, shape)).to(device) if cfg.t_ctx else None
+        t_ctx = commit_level(cfg, i)
+        noise = torch.from_numpy(sampling.commit_noise(commit_rng, shape)).to(device) if t_ctx else None
         if i == 0 and first is not None:
             x = first.sample(torch.from_numpy(first.model.tokenizer.encode(prompt))[None], x).to(device)
-            commit_chunk(model, x, pooled, cache, guidance, cfg.t_ctx, noise)
+            commit_chunk(model, x, pooled, cache, guidance, t_ctx, noise)
         else:
-            x = denoise_chunk(model, x, times, pooled, cache, guidance, cfg.t_ctx, noise)
+            x = denoise_chunk(model, x, times, pooled, cache, guidance, t_ctx, noise)
         yield x.cpu().numpy()
 
 
