@@ -238,7 +238,7 @@ def continuation(path: str, context_chunks: list[int], n: int, split: str, steps
                 continue
             norm = float(np.linalg.norm(want))
             tally[along_motion(before, made, want / norm, norm)] += 1
-        _emit({"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "t_ctx": model.config.t_ctx, "n": len(cases),
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "context_chunks": k, "t_ctx": model.config.t_ctx, "t_ctx_from": model.config.t_ctx_from, "n": len(cases),
                **{key: round(v / len(cases), 3) for key, v in tally.items()}}, rows)
     return rows
 
@@ -271,7 +271,7 @@ def free_run(path: str, chunks: int, n: int, split: str, steps: int | None = Non
             counts[c][along_motion(ends[c], ends[c + 1], direction, expected)] += 1
     rows = []
     for c, tally in enumerate(counts):
-        _emit({"checkpoint": path, "kind": model.kind, "split": split, "chunks": f"{c}->{c + 1}", "t_ctx": model.config.t_ctx, "n": len(cases),
+        _emit({"checkpoint": path, "kind": model.kind, "split": split, "chunks": f"{c}->{c + 1}", "t_ctx": model.config.t_ctx, "t_ctx_from": model.config.t_ctx_from, "n": len(cases),
                **{k: round(v / len(cases), 3) for k, v in tally.items()}}, rows)
     return rows
 
