@@ -213,7 +213,7 @@ def test_validate_manifest_reports_structure_problems(tiny_bundle: Path) -> None
     assert any("schedules['2']" in p for p in problems)
     assert any("escape" in p for p in problems)
     assert validate_manifest([]) == ["the manifest is not a JSON object"]
-    for value in (-1, 1.5, True, "2"):
+    for value in (-1, 1.5, 0.0, True, False, "2"):
         bad = json.loads(json.dumps(good))
         bad["sampler"]["t_ctx_from"] = value
         assert any("sampler.t_ctx_from" in p for p in validate_manifest(bad)), value

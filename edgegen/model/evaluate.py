@@ -382,9 +382,10 @@ def main() -> None:
         ap.error(f"--t-ctx-from must be a chunk index >= 0, not {a.t_ctx_from}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.t_ctx_from is not None and (a.continuation or a.free_run or a.primed or a.vae_judge or a.stutter):
+    other_measure = bool(a.continuation or a.free_run or a.primed or a.vae_judge or a.stutter)
+    if a.t_ctx_from is not None and other_measure:
         ap.error("--t-ctx-from applies to the judge sweep only; leave it out for the other measures")
-    if a.device != "cpu" and (a.continuation or a.free_run or a.primed or a.vae_judge or a.stutter):
+    if a.device != "cpu" and other_measure:
         ap.error("--device applies to the judge sweep only; leave it out for the other measures")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA GPU; leave --device out")
