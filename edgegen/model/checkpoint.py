@@ -9,6 +9,7 @@ the EMA weights in fp16 under `model.` (`ship_checkpoint`). Writes are atomic (t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +200,7 @@ def ship_checkpoint(src: str | Path, dst: str | Path, **sampler: Any) -> Path:
         raise ValueError(f"{', '.join(unknown)} cannot be set when shipping; only {', '.join(SAMPLER_FIELDS)}")
     ck = load_checkpoint(src)
     weights = {k: v for k, v in ck.weights().items() if k in MODEL_MODULES}
-    config = ModelConfig.from_dict({**ck.config.to_dict(), **sampler})
+    config = dataclasses.replace(ck.config, **sampler)
     validate_model(config)
     return save_checkpoint(dst, weights, config, ck.step, kind=ck.kind, extra=ck.extra, dtype=torch.float16)
 
