@@ -812,22 +812,22 @@ def _nested(pairs: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
     return out
 
 
-def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = False,
-             rejection_seed: int = 0) -> dict[str, Any]:
-    """Judge (prompt, seed, video) samples; per-attribute accuracies overall and for one-object /
-    two-object prompts. An attribute counts once per object that specifies it; count,
-    consistency, sharpness and `passed` once per clip. With `rejection`, each clip is also judged
-    against its prompt with one attribute changed (colour, shape, direction) and the report
-    gives how often that wrong prompt is rejected. `confusion` gives, per attribute and for the
-    object count, how often each expected value was found as each value (`none`: no object)."""
-    from edgegen.world import parse_prompt
+class Evaluation:
+    """Judges (prompt, seed, video) samples one at a time and tallies them; `report()` gives the
+    figures so far. One per judged span, so one stream can feed several (`evaluate` over windows)."""
 
-    tallies = {"all": _empty_tally(), "one_object": _empty_tally(), "two_objects": _empty_tally()}
-    confusion: dict[str, Counter[tuple[str, str]]] = {a: Counter() for a in (*ATTRIBUTES, "count")}
-    rejected: dict[str, list[int]] = {}
-    clips = []
-    rng = np.random.default_rng(rejection_seed)
-    for prompt, seed, video in samples:
+    def __init__(self, rejection: bool = False, rejection_seed: int = 0) -> None:
+        self.rejection = rejection
+        self.tallies = {"all": _empty_tally(), "one_object": _empty_tally(), "two_objects": _empty_tally()}
+        self.confusion: dict[str, Counter[tuple[str, str]]] = {a: Counter() for a in (*ATTRIBUTES, "count")}
+        self.rejected: dict[str, list[int]] = {}
+        self.clips: list[dict[str, Any]] = []
+        self.rng = np.random.default_rng(rejection_seed)
+
+    def add(self, prompt: str, seed: int, video: np.ndarray) -> bool:
+        """Judge one clip against its prompt; True when it passes every check."""
+        from edgegen.world import parse_prompt
+
         scene = parse_prompt(prompt)
         analysis = analyse(video, len(scene.objects))
         result = score(analysis, scene)
@@ -840,37 +840,61 @@ def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = F
         for name, ok in (("count", result.count), ("consistent", result.consistent),
                          ("sharp", result.sharp), ("passed", result.passed)):
             marks[name] = [ok]
-        for tally in (tallies["all"], tallies[group]):
+        for tally in (self.tallies["all"], self.tallies[group]):
             for name, oks in marks.items():
                 tally[name][0] += sum(oks)
                 tally[name][1] += len(oks)
-        _confuse(confusion, result)
+        _confuse(self.confusion, result)
         failed = sorted({a for a, oks in marks.items() if not all(oks)} - {"passed"})
         entry: dict[str, Any] = {"prompt": prompt, "seed": seed, "passed": result.passed, "failed": failed}
-        if rejection:
+        if self.rejection:
             entry["rejected"] = {}
-            for kind, wrong in _perturbations(scene, rng).items():
+            for kind, wrong in _perturbations(scene, self.rng).items():
                 no = not score(analysis, wrong).passed
-                rejected.setdefault(kind, [0, 0])
-                rejected[kind][0] += no
-                rejected[kind][1] += 1
+                self.rejected.setdefault(kind, [0, 0])
+                self.rejected[kind][0] += no
+                self.rejected[kind][1] += 1
                 entry["rejected"][kind] = no
-        clips.append(entry)
+        self.clips.append(entry)
+        return result.passed
 
-    def rates(tally: dict[str, list[int]]) -> dict[str, Any]:
-        return {k: {"accuracy": (c / n if n else None), "correct": c, "judged": n} for k, (c, n) in tally.items()}
+    def report(self) -> dict[str, Any]:
+        def rates(tally: dict[str, list[int]]) -> dict[str, Any]:
+            return {k: {"accuracy": (c / n if n else None), "correct": c, "judged": n} for k, (c, n) in tally.items()}
 
-    report: dict[str, Any] = {
-        "clips": len(clips),
-        "accuracy": {group: rates(t) for group, t in tallies.items()},
-        "confusion": {a: _nested(c) for a, c in confusion.items()},
-        "clip_results": clips,
-    }
-    if rejection:
-        report["rejection"] = {
-            k: {"rate": (c / n if n else None), "rejected": c, "judged": n} for k, (c, n) in rejected.items()
+        report: dict[str, Any] = {
+            "clips": len(self.clips),
+            "accuracy": {group: rates(t) for group, t in self.tallies.items()},
+            "confusion": {a: _nested(c) for a, c in self.confusion.items()},
+            "clip_results": self.clips,
         }
-    return report
+        if self.rejection:
+            report["rejection"] = {
+                k: {"rate": (c / n if n else None), "rejected": c, "judged": n} for k, (c, n) in self.rejected.items()
+            }
+        return report
+
+
+def evaluate(samples: Iterable[tuple[str, int, np.ndarray]], rejection: bool = False,
+             rejection_seed: int = 0) -> dict[str, Any]:
+    """Judge (prompt, seed, video) samples; per-attribute accuracies overall and for one-object /
+    two-object prompts. An attribute counts once per object that specifies it; count,
+    consistency, sharpness and `passed` once per clip. With `rejection`, each clip is also judged
+    against its prompt with one attribute changed (colour, shape, direction) and the report
+    gives how often that wrong prompt is rejected. `confusion` gives, per attribute and for the
+    object count, how often each expected value was found as each value (`none`: no object)."""
+    tally = Evaluation(rejection, rejection_seed)
+    for prompt, seed, video in samples:
+        tally.add(prompt, seed, video)
+    return tally.report()
+
+
+def window_drift(reports: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Per report row, the change in points from the first window's share to the last's (all
+    prompts; None where either window judged nothing): does a long stream stay on prompt?"""
+    first, last = reports[0]["accuracy"]["all"], reports[-1]["accuracy"]["all"]
+    return {row: (None if first[row]["accuracy"] is None or last[row]["accuracy"] is None
+                  else round(100 * (last[row]["accuracy"] - first[row]["accuracy"]), 1)) for row in REPORT_ROWS}
 
 
 def standard_error(correct: int, judged: int) -> float | None:
@@ -920,14 +944,24 @@ def _confusion_markdown(confusion: dict[str, dict[str, dict[str, int]]]) -> list
     return lines
 
 
-def report_markdown(report: dict[str, Any], title: str = "edgegen evaluation") -> str:
-    """The report as a markdown table (rows: attributes; columns: all / one / two objects)."""
+def _window_markdown(report: dict[str, Any]) -> list[str]:
+    """Several spans of each stream: one column per window and the change, then each window's own tables."""
+    windows = report["windows"]
+    lines = ["| attribute | " + " | ".join(f"frames {w['frames']}" for w in windows) + " | change (points) |",
+             "| --- |" + " --- |" * (len(windows) + 1)]
+    for row in REPORT_ROWS:
+        cells = [_share(w["accuracy"]["all"][row], True) for w in windows]
+        change = report["drift"][row]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {'–' if change is None else f'{change:+.1f}'} |")
+    lines += ["", "change: the last window's share minus the first's (all prompts)."]
+    for w in windows:
+        lines += ["", f"## Frames {w['frames']}", ""] + ["#" + ln if ln.startswith("## ") else ln for ln in _single_markdown(w)]
+    return lines
+
+
+def _single_markdown(report: dict[str, Any]) -> list[str]:
     groups = ("all", "one_object", "two_objects")
-    lines = [f"# {title}", "", f"{report['clips']} clips.", ""]
-    for key in ("split", "source", "frames", "size", "seeds"):
-        if key in report:
-            lines.append(f"- {key}: {report[key]}")
-    lines += ["", "| attribute | all | one object | two objects |", "| --- | --- | --- | --- |"]
+    lines = ["| attribute | all | one object | two objects |", "| --- | --- | --- | --- |"]
     for row in REPORT_ROWS:
         cells = [_share(report["accuracy"][g][row], g == "all") for g in groups]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
@@ -939,6 +973,18 @@ def report_markdown(report: dict[str, Any], title: str = "edgegen evaluation") -
             lines.append(f"| {k} | {100 * r['rate']:.1f}% ({r['rejected']}/{r['judged']}) |")
     if "confusion" in report:
         lines += _confusion_markdown(report["confusion"])
+    return lines
+
+
+def report_markdown(report: dict[str, Any], title: str = "edgegen evaluation") -> str:
+    """The report as markdown tables (rows: attributes; columns: all / one / two objects, or with
+    several windows: one column per window and the change)."""
+    lines = [f"# {title}", "", f"{report['clips']} clips.", ""]
+    for key in ("split", "source", "frames", "size", "seeds"):
+        if key in report:
+            lines.append(f"- {key}: {report[key]}")
+    lines.append("")
+    lines += _window_markdown(report) if "windows" in report else _single_markdown(report)
     return "\n".join(lines) + "\n"
 
 

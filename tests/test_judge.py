@@ -342,35 +342,64 @@ def test_eval_generates_with_a_bundle(tiny_bundle: Path, tmp_path: Path) -> None
     assert (out / "contact_sheet.png").exists()
 
 
-def test_eval_window_judges_a_late_span_of_each_stream(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _spy_on_judged_clips(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Every clip `edgegen eval` hands the judge, in order."""
     from edgegen import judge as judge_mod
 
-    seen: list[int] = []
-    real = judge_mod.evaluate
+    seen: list[np.ndarray] = []
+    real = judge_mod.Evaluation.add
 
-    def spy(samples, **kw):  # record the length of every judged clip
-        return real(((p, s, seen.append(len(c)) or c) for p, s, c in samples), **kw)
+    def spy(self, prompt, seed, video):
+        seen.append(video)
+        return real(self, prompt, seed, video)
 
-    monkeypatch.setattr(judge_mod, "evaluate", spy)
+    monkeypatch.setattr(judge_mod.Evaluation, "add", spy)
+    return seen
+
+
+def test_eval_window_judges_a_late_span_of_each_stream(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _spy_on_judged_clips(monkeypatch)
     out = tmp_path / "late"
     args = ["eval", "--bundle", str(tiny_bundle), "--backend", "ort-cpu", "--n", "2", "--frames", "12", "--window", "9-12", "--no-rejection", "--out", str(out)]
     assert main(args) == 0
-    assert seen == [4, 4]
+    assert [len(c) for c in seen] == [4, 4]
     assert "frames 9-12 of each clip" in json.loads((out / "report.json").read_text())["source"]
     assert main([*args[:-2], "--window", "9-20", "--out", str(tmp_path / "bad")]) == 2  # past the clip's end
 
 
+def test_eval_windows_judge_spans_of_the_same_streams_and_report_the_change(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgegen.runtime.generator import Generator
+
+    seen = _spy_on_judged_clips(monkeypatch)
+    out = tmp_path / "drift"
+    args = ["eval", "--bundle", str(tiny_bundle), "--backend", "ort-cpu", "--n", "2", "--frames", "12",
+            "--window", "1-4,9-12", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [w["frames"] for w in report["windows"]] == ["1-4", "9-12"]
+    gen = Generator.load(tiny_bundle, backend="ort-cpu")
+    for i, clip in enumerate(report["windows"][0]["clip_results"]):  # one stream per clip, cut twice
+        stream = np.stack(list(gen.stream(clip["prompt"], seed=clip["seed"], frames=12)))
+        np.testing.assert_array_equal(seen[2 * i], stream[0:4])
+        np.testing.assert_array_equal(seen[2 * i + 1], stream[8:12])
+    first, last = (w["accuracy"]["all"] for w in report["windows"])
+    for row, change in report["drift"].items():
+        if first[row]["accuracy"] is not None and last[row]["accuracy"] is not None:
+            assert change == pytest.approx(100 * (last[row]["accuracy"] - first[row]["accuracy"]), abs=0.05)
+    text = (out / "report.md").read_text()
+    assert "| attribute | frames 1-4 | frames 9-12 | change (points) |" in text and "## Frames 9-12" in text
+    assert (out / "contact_sheet.png").exists()
+    for bad in ("1-4,1-4", "1-4,9-13", "1-4,"):
+        assert main([*args[:-4], "--window", bad, "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_eval_truth_window_judges_the_same_span_of_the_rendered_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgegen import judge as judge_mod
     from edgegen.world import parse_prompt, render
 
-    seen: list[np.ndarray] = []
-    real = judge_mod.evaluate
-
-    def spy(samples, **kw):
-        return real(((p, s, seen.append(c) or c) for p, s, c in samples), **kw)
-
-    monkeypatch.setattr(judge_mod, "evaluate", spy)
+    seen = _spy_on_judged_clips(monkeypatch)
     out = tmp_path / "late"
     args = ["eval", "--truth", "--no-roundtrip", "--n", "2", "--frames", "24", "--window", "17-24", "--no-rejection", "--out", str(out)]
     assert main(args) == 0

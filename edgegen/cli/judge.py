@@ -165,8 +165,15 @@ def _check_truth_flags(bundle: Path | None, backend: str, precision: str | None,
         raise UserError(f"--truth judges ground-truth renders, so {', '.join(given)} would do nothing; drop {'them' if len(given) > 1 else 'it'} or drop --truth")
 
 
+def _parse_windows(text: str, frames: int) -> list[tuple[int, int]]:
+    """--window FIRST-LAST[,FIRST-LAST...]: 1-based, inclusive, within the shortest clip."""
+    spans = [_parse_window(part.strip(), frames) for part in text.split(",")]
+    if len(set(spans)) < len(spans):
+        raise UserError(f"--window {text!r} lists a window twice; give each once, e.g. 1-40,200-240")
+    return spans
+
+
 def _parse_window(text: str, frames: int) -> tuple[int, int]:
-    """--window FIRST-LAST: 1-based, inclusive, within the shortest clip."""
     try:
         first, last = (int(x) for x in text.split("-"))
     except ValueError:
@@ -178,60 +185,100 @@ def _parse_window(text: str, frames: int) -> tuple[int, int]:
     return first, last
 
 
-def _truth_clips(prompts: list[str], seeds: list[int], frames: list[int], size: int, roundtrip: bool,
-                 window: tuple[int, int] | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
+def _cut(clip: np.ndarray, spans: list[tuple[int, int]] | None, roundtrip: bool, path: Path) -> list[np.ndarray]:
+    """The clip's judged parts: frames first..last (1-based, inclusive) of each span, or the whole
+    clip; each through an H.264 write/read when `roundtrip` (what a user would see)."""
     from edgegen import video
+
+    parts = [clip] if spans is None else [clip[first - 1 : last] for first, last in spans]
+    if roundtrip:
+        for i, part in enumerate(parts):
+            video.write_video(path, part, 24.0, force=True)
+            parts[i] = video.read_video(path).frames
+    return parts
+
+
+Sample = tuple[str, int, list[np.ndarray]]  # prompt, seed, the clip's judged parts (one per window)
+
+
+def _truth_clips(prompts: list[str], seeds: list[int], frames: list[int], size: int, roundtrip: bool,
+                 spans: list[tuple[int, int]] | None = None) -> Iterator[Sample]:
     from edgegen.world import parse_prompt, render
 
     with tempfile.TemporaryDirectory(prefix="edgegen-eval-") as tmp:
-        path = Path(tmp) / "clip.mp4"
         for i, (prompt, length) in enumerate(zip(prompts, frames, strict=True)):
             scene = parse_prompt(prompt)
             for base in seeds:
-                seed = base + i
-                clip = render(scene, seed, length, size)
-                if window is not None:  # the same span a generated clip's window judges
-                    clip = clip[window[0] - 1 : window[1]]
-                if roundtrip:  # judge what a user would see: the clip after H.264
-                    video.write_video(path, clip, 24.0, force=True)
-                    clip = video.read_video(path).frames
-                yield prompt, seed, clip
+                clip = render(scene, base + i, length, size)  # the same spans a generated clip's windows judge
+                yield prompt, base + i, _cut(clip, spans, roundtrip, Path(tmp) / "clip.mp4")
 
 
 def _generated_clips(gen, prompts: list[str], seeds: list[int], frames: list[int], steps: int | None, roundtrip: bool,
-                     window: tuple[int, int] | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
-    from edgegen import video
-
+                     spans: list[tuple[int, int]] | None = None) -> Iterator[Sample]:
     with tempfile.TemporaryDirectory(prefix="edgegen-eval-") as tmp:
-        path = Path(tmp) / "clip.mp4"
         for i, (prompt, length) in enumerate(zip(prompts, frames, strict=True)):
             for base in seeds:
-                seed = base + i
-                clip = np.stack(list(gen.stream(prompt, seed=seed, frames=length, steps=steps)))
-                if window is not None:  # frames first..last (1-based, inclusive) of the streamed clip
-                    clip = clip[window[0] - 1 : window[1]]
-                if roundtrip:
-                    video.write_video(path, clip, 24.0, force=True)
-                    clip = video.read_video(path).frames
-                yield prompt, seed, clip
+                clip = np.stack(list(gen.stream(prompt, seed=base + i, frames=length, steps=steps)))
+                yield prompt, base + i, _cut(clip, spans, roundtrip, Path(tmp) / "clip.mp4")
 
 
 class _Keep:
     """Passes samples through, keeping the first few clips for the contact sheet."""
 
-    def __init__(self, samples: Iterator[tuple[str, int, np.ndarray]], keep: int, total: int) -> None:
+    def __init__(self, samples: Iterator[Sample], keep: int, total: int) -> None:
         self.samples, self.keep, self.total = samples, keep, total
-        self.clips: list[np.ndarray] = []
+        self.clips: list[list[np.ndarray]] = []
         self.keys: list[tuple[str, int]] = []
 
-    def __iter__(self) -> Iterator[tuple[str, int, np.ndarray]]:
-        for i, (prompt, seed, clip) in enumerate(self.samples, 1):
+    def __iter__(self) -> Iterator[Sample]:
+        for i, (prompt, seed, parts) in enumerate(self.samples, 1):
             if len(self.clips) < self.keep:
-                self.clips.append(clip)
+                self.clips.append(parts)
                 self.keys.append((prompt, seed))
             if i % 50 == 0 or i == self.total:
                 log.info("judged %d/%d clips", i, self.total)
-            yield prompt, seed, clip
+            yield prompt, seed, parts
+
+
+def _judge_windows(samples: _Keep, names: list[str], rejection: bool) -> dict:
+    """One tally per window, fed from one pass over the streams; with several windows the report
+    holds each window's figures and the change from the first to the last."""
+    from edgegen.judge import Evaluation, window_drift
+
+    tallies = [Evaluation(rejection) for _ in names]
+    for prompt, seed, parts in samples:
+        for tally, part in zip(tallies, parts, strict=True):
+            tally.add(prompt, seed, part)
+    reports = [t.report() for t in tallies]
+    if len(reports) == 1:
+        return reports[0]
+    return {"clips": reports[0]["clips"], "windows": [{"frames": name, **r} for name, r in zip(names, reports, strict=True)],
+            "drift": window_drift(reports)}
+
+
+def _sheet(report: dict, kept: _Keep, names: list[str], path: Path) -> None:
+    """The first clips, one row per clip and window, each labelled PASS/FAIL."""
+    from edgegen.judge import contact_sheet
+
+    windows = report.get("windows", [report])
+    videos, labels = [], []
+    for i, (parts, (prompt, seed)) in enumerate(zip(kept.clips, kept.keys, strict=True)):
+        for w, name, part in zip(windows, names, parts, strict=True):
+            where = f"frames {name}  " if len(names) > 1 else ""
+            videos.append(part)
+            labels.append(f"{'PASS' if w['clip_results'][i]['passed'] else 'FAIL'}  {where}{prompt} (seed {seed})")
+    contact_sheet(videos, labels, path)
+
+
+def _eval_summary(report: dict) -> str:
+    def shares(acc: dict) -> str:
+        return ", ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in acc.items() if v["accuracy"] is not None)
+
+    if "windows" not in report:
+        return shares(report["accuracy"]["all"])
+    per_window = "; ".join(f"frames {w['frames']}: {shares(w['accuracy']['all'])}" for w in report["windows"])
+    drift = ", ".join(f"{k} {v:+.1f}" for k, v in report["drift"].items() if v is not None)
+    return f"{per_window}; change (points): {drift}"
 
 
 def eval_command(
@@ -244,7 +291,7 @@ def eval_command(
     n: int = typer.Option(200, "--n", "-n", help="Number of prompts."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated base seeds; prompt i runs with each base + i (so clips differ)."),
     frames: str = typer.Option("32", "--frames", help="Frames per clip, or a range such as 16-48 (a count drawn per prompt)."),
-    window: str = typer.Option(None, "--window", help="Judge only frames FIRST-LAST (1-based) of each clip, e.g. --frames 240 --window 200-240: does a long stream stay on prompt? (With --truth: what the world itself shows there.)"),
+    window: str = typer.Option(None, "--window", help="Judge only frames FIRST-LAST (1-based) of each clip, e.g. --frames 240 --window 200-240; several windows, comma-separated (--window 1-40,200-240), judge each from the same streams and report the change: does a long stream stay on prompt? (With --truth: what the world itself shows there.)"),
     size: int = typer.Option(None, "--size", help="Frame size for --truth renders (default 64; generated clips have the bundle's)."),
     prompt_seed: int = typer.Option(0, "--prompt-seed", help="Seed of the prompt list (same split + n + seed = same prompts)."),
     roundtrip: bool = typer.Option(None, "--roundtrip/--no-roundtrip", help="Pass clips through an mp4 write/read before judging (default: on for --truth, off otherwise)."),
@@ -253,7 +300,7 @@ def eval_command(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing report files in --out."),
 ) -> None:
     """Score many clips with the judge; per-attribute accuracies, split by one/two objects."""
-    from edgegen.judge import contact_sheet, evaluate, write_report
+    from edgegen.judge import write_report
     from edgegen.world import prompts as world_prompts
 
     check_split(split)
@@ -270,38 +317,35 @@ def eval_command(
         raise UserError(f"--seeds {max(seed_list)} with --n {n} would use seeds past {MAX_SEED}; lower the seed")
     if truth:
         _check_truth_flags(bundle, backend, precision, steps)
-    span = _parse_window(window, low) if window is not None else None
+    spans = _parse_windows(window, low) if window is not None else None
+    names = [f"{a}-{b}" for a, b in spans] if spans else ["all"]
     _prepare_out(out, force)
     prompts = world_prompts(split, n, seed=prompt_seed)
     lengths = np.random.default_rng([prompt_seed, 1]).integers(low, high + 1, size=len(prompts)).tolist()
     total = len(prompts) * len(seed_list)
     if truth:
-        samples = _truth_clips(prompts, seed_list, lengths, size, roundtrip is not False, span)
+        samples = _truth_clips(prompts, seed_list, lengths, size, roundtrip is not False, spans)
         source = "ground-truth renders" + (" (mp4 round trip)" if roundtrip is not False else "")
     else:
         from edgegen.runtime.generator import Generator
 
         gen = Generator.load(bundle, backend=backend, precision=precision)
         chosen_steps = gen.check_steps(steps)
-        samples = _generated_clips(gen, prompts, seed_list, lengths, chosen_steps, bool(roundtrip), span)
+        samples = _generated_clips(gen, prompts, seed_list, lengths, chosen_steps, bool(roundtrip), spans)
         source = f"bundle {bundle or 'default'}, backend {gen.backend}, precision {gen.precision}, {chosen_steps} steps"
         size = int(gen.bundle.video["height"])
-    if span is not None:
-        source += f", frames {span[0]}-{span[1]} of each clip"
+    if spans is not None:
+        source += f", frames {', '.join(names)} of each clip"
     kept = _Keep(samples, SHEET_CLIPS, total)
-    report = evaluate(kept, rejection=rejection)
+    report = _judge_windows(kept, names, rejection)
     report.update(
         split=split, source=source, frames=frames, size=size, prompt_seed=prompt_seed,
         seeds=f"{','.join(map(str, seed_list))} (prompt i uses each base seed + i)",
     )
     out.mkdir(exist_ok=True)
-    passed = [c["passed"] for c in report["clip_results"]]
-    labels = [f"{'PASS' if ok else 'FAIL'}  {p} (seed {s})" for ok, (p, s) in zip(passed, kept.keys, strict=False)]
     write_report(report, out, title=f"edgegen eval: {source}, {split} split")
-    contact_sheet(kept.clips, labels, out / "contact_sheet.png")
-    acc = report["accuracy"]["all"]
-    summary = ", ".join(f"{k} {100 * v['accuracy']:.1f}%" for k, v in acc.items() if v["accuracy"] is not None)
-    log.info("%d clips: %s; report in %s", total, summary, out)
+    _sheet(report, kept, names, out / "contact_sheet.png")
+    log.info("%d clips: %s; report in %s", total, _eval_summary(report), out)
 
 
 def register(app: typer.Typer) -> None:
