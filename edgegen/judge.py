@@ -824,8 +824,8 @@ class Evaluation:
         self.clips: list[dict[str, Any]] = []
         self.rng = np.random.default_rng(rejection_seed)
 
-    def add(self, prompt: str, seed: int, video: np.ndarray) -> bool:
-        """Judge one clip against its prompt; True when it passes every check."""
+    def add(self, prompt: str, seed: int, video: np.ndarray) -> None:
+        """Judge one clip against its prompt and tally it."""
         from edgegen.world import parse_prompt
 
         scene = parse_prompt(prompt)
@@ -856,7 +856,6 @@ class Evaluation:
                 self.rejected[kind][1] += 1
                 entry["rejected"][kind] = no
         self.clips.append(entry)
-        return result.passed
 
     def report(self) -> dict[str, Any]:
         def rates(tally: dict[str, list[int]]) -> dict[str, Any]:
@@ -924,9 +923,9 @@ def _value_order(attribute: str, values: set[str]) -> list[str]:
     return first + rest
 
 
-def _confusion_markdown(confusion: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+def _confusion_markdown(confusion: dict[str, dict[str, dict[str, int]]], heading: str = "##") -> list[str]:
     """One table per attribute: rows what the prompt asked for, columns what the judge found."""
-    lines = ["", "## What was found instead", "",
+    lines = ["", f"{heading} What was found instead", "",
              f"Rows: what the prompt asked for; columns: what the judge found (`{NOT_FOUND}`: no object matched). "
              "A rotating circle found still passes the motion check, but is not counted as asked here."]
     for attribute, rows in confusion.items():
@@ -955,11 +954,11 @@ def _window_markdown(report: dict[str, Any]) -> list[str]:
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {'–' if change is None else f'{change:+.1f}'} |")
     lines += ["", "change: the last window's share minus the first's (all prompts)."]
     for w in windows:
-        lines += ["", f"## Frames {w['frames']}", ""] + ["#" + ln if ln.startswith("## ") else ln for ln in _single_markdown(w)]
+        lines += ["", f"## Frames {w['frames']}", "", *_single_markdown(w, heading="###")]
     return lines
 
 
-def _single_markdown(report: dict[str, Any]) -> list[str]:
+def _single_markdown(report: dict[str, Any], heading: str = "##") -> list[str]:
     groups = ("all", "one_object", "two_objects")
     lines = ["| attribute | all | one object | two objects |", "| --- | --- | --- | --- |"]
     for row in REPORT_ROWS:
@@ -972,7 +971,7 @@ def _single_markdown(report: dict[str, Any]) -> list[str]:
         for k, r in report["rejection"].items():
             lines.append(f"| {k} | {100 * r['rate']:.1f}% ({r['rejected']}/{r['judged']}) |")
     if "confusion" in report:
-        lines += _confusion_markdown(report["confusion"])
+        lines += _confusion_markdown(report["confusion"], heading)
     return lines
 
 
