@@ -83,6 +83,7 @@ SWAP_COLOUR = 60.0  # RGB distance from the track's median colour that counts as
 JUMP = 0.2  # centroid jump (frame units) in one frame = a swap / teleport
 SHARP_MIN = 0.3
 COUNT_FRACTION = 0.75  # frames with the right number of objects
+GROWTH_CURVES = ("still", "growing", "shrinking")  # the scale curves of `scale_at`
 _SIZE_EDGES = tuple(math.sqrt(AREA[a] * AREA[b]) for a, b in itertools.pairwise(SIZES))
 _HARMONIC_SCALE = np.array([HARMONIC_SHARP[k] for k in (3, 4, 5)])
 _PALETTE_NAMES = tuple(PALETTE)
@@ -501,14 +502,23 @@ def classify_motion(track: _Track, shape: str) -> tuple[str, dict[str, float]]:
     return "still", details
 
 
-def classify_size(track: _Track, motion: str) -> tuple[str, float]:
-    """Size class from the median area rescaled to the nominal (scale 1) size."""
+def nominal_areas(track: _Track, first_frame: int = 0) -> dict[str, float]:
+    """The track's median area rescaled to the nominal (scale 1) size under each growth curve the
+    world draws ("still": none), with frame i of the clip at stream time (first_frame + i) / FPS."""
     seen = track.seen
-    t = np.array([b.frame for b in seen], np.float64) / FPS
-    scale = scale_at(motion, t)
-    nominal = float(np.median(np.array([b.area for b in seen]) / scale**2))
-    index = int(np.searchsorted(_SIZE_EDGES, nominal))
-    return SIZES[index], nominal
+    t = (first_frame + np.array([b.frame for b in seen], np.float64)) / FPS
+    areas = np.array([b.area for b in seen])
+    return {m: float(np.median(areas / scale_at(m, t) ** 2)) for m in GROWTH_CURVES}
+
+
+def size_class(area: float) -> str:
+    """The world's size class nearest a nominal area (edges: geometric means of neighbouring classes)."""
+    return SIZES[int(np.searchsorted(_SIZE_EDGES, area))]
+
+
+def growth_curve(motion: str | None) -> str:
+    """The growth curve an object of this motion follows ("still": constant scale)."""
+    return motion if motion in GROWTH_CURVES else "still"
 
 
 @dataclass
@@ -518,23 +528,35 @@ class _TrackSummary:
     colour_rgb: np.ndarray
     present: float  # fraction of frames where the object is seen or merged with another
     swaps: int  # frames whose colour is another object's, plus jumps
+    areas: dict[str, float]  # nominal area under each growth curve (`nominal_areas`)
+
+    def curve_for(self, expected: ObjectSpec) -> str:
+        """The growth curve the size is read under: the prompt's motion's (a growing object is judged
+        by its nominal size at each frame's stream time, even where it has stopped growing), or the
+        found motion's when the prompt gives none."""
+        return growth_curve(expected.motion or self.found["motion"])
+
+    def found_for(self, expected: ObjectSpec) -> dict[str, str]:
+        """What was found, the size read under `curve_for(expected)`."""
+        return {**self.found, "size": size_class(self.areas[self.curve_for(expected)])}
 
 
-def _summarise(track: _Track) -> _TrackSummary:
+def _summarise(track: _Track, first_frame: int = 0) -> _TrackSummary:
     seen = track.seen
     colour = np.median(np.stack([b.colour for b in seen]), axis=0)
     background = np.median(np.stack([b.background for b in seen]), axis=0)
     colour_name, colour_dist = _nearest_colour(colour, background)
     shape, shape_scores = classify_shape(np.mean([b.harmonics for b in seen], axis=0))
     motion, motion_details = classify_motion(track, shape)
-    size, area = classify_size(track, motion)
+    areas = nominal_areas(track, first_frame)
+    area = areas[growth_curve(motion)]
     recoloured = sum(1 for b in seen if np.linalg.norm(b.colour - colour) > SWAP_COLOUR)
     jumps = sum(
         1 for a, b in itertools.pairwise(seen)
         if math.dist(a.centre, b.centre) > JUMP * (b.frame - a.frame)
     )
     return _TrackSummary(
-        found={"shape": shape, "colour": colour_name, "size": size, "motion": motion},
+        found={"shape": shape, "colour": colour_name, "size": size_class(area), "motion": motion},
         details={
             "colour_rgb": [round(float(c), 1) for c in colour],
             "colour_distance": round(colour_dist, 1),
@@ -550,6 +572,7 @@ def _summarise(track: _Track) -> _TrackSummary:
         colour_rgb=colour,
         present=(len(seen) + sum(track.merged)) / len(track.blobs),
         swaps=recoloured + jumps,
+        areas=areas,
     )
 
 
@@ -592,8 +615,10 @@ class Analysis:
     details: dict[str, Any]
 
 
-def analyse(video: np.ndarray, n_objects: int) -> Analysis:
-    """Segment, track and classify the objects of a clip expected to hold `n_objects`."""
+def analyse(video: np.ndarray, n_objects: int, first_frame: int = 0) -> Analysis:
+    """Segment, track and classify the objects of a clip expected to hold `n_objects`;
+    `first_frame`: the clip's first frame is frame `first_frame` of its stream (a window cut from a
+    longer stream: growing and shrinking objects are judged at their stream time)."""
     frames = _as_uint8_video(video).astype(np.float32)
     f, h, w, _ = frames.shape
     background, offsets = estimate_background(frames)
@@ -603,7 +628,7 @@ def analyse(video: np.ndarray, n_objects: int) -> Analysis:
     counts = [len(b) for b in per_frame]
     for i in range(f):
         counts[i] += max(sum(t.merged[i] for t in tracks) - 1, 0)
-    summaries = [_summarise(t) for t in tracks]
+    summaries = [_summarise(t, first_frame) for t in tracks]
     flicker = float(offsets.std(axis=0).max()) if f > 1 else 0.0
     jitter = 0.0
     for t in tracks:
@@ -644,7 +669,7 @@ def score(analysis: Analysis, scene: Scene) -> JudgeResult:
     for perm in itertools.permutations(range(len(summaries)), min(n, len(summaries))):
         total = 0.0
         for obj, k in zip(scene.objects, perm, strict=False):
-            total += sum(1 for v in _checks(obj, summaries[k].found).values() if v)
+            total += sum(1 for v in _checks(obj, summaries[k].found_for(obj)).values() if v)
             if obj.colour is not None:
                 target = _PALETTE_RGB[_PALETTE_NAMES.index(obj.colour)]
                 total -= 1e-3 * float(np.linalg.norm(summaries[k].colour_rgb - target))
@@ -654,7 +679,9 @@ def score(analysis: Analysis, scene: Scene) -> JudgeResult:
     for i, obj in enumerate(scene.objects):
         if i < len(best_perm):
             s = summaries[best_perm[i]]
-            objects.append(ObjectResult(obj, dict(s.found), _checks(obj, s.found), s.details))
+            found = s.found_for(obj)
+            details = {**s.details, "area": round(s.areas[s.curve_for(obj)], 4)}
+            objects.append(ObjectResult(obj, found, _checks(obj, found), details))
         else:  # no object left to match: every specified attribute fails
             found: dict[str, str | None] = dict.fromkeys(ORDER)
             checks = {a: (None if getattr(obj, a) is None else False) for a in ORDER}
@@ -671,9 +698,10 @@ def score(analysis: Analysis, scene: Scene) -> JudgeResult:
     )
 
 
-def judge(video: np.ndarray, scene: Scene) -> JudgeResult:
-    """Score a clip (uint8 [F, H, W, 3], or float in [0, 1]) against the scene it should show."""
-    return score(analyse(video, len(scene.objects)), scene)
+def judge(video: np.ndarray, scene: Scene, first_frame: int = 0) -> JudgeResult:
+    """Score a clip (uint8 [F, H, W, 3], or float in [0, 1]) against the scene it should show;
+    `first_frame`: where the clip starts in its stream (`analyse`)."""
+    return score(analyse(video, len(scene.objects), first_frame), scene)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,6 +821,7 @@ def _perturbations(scene: Scene, rng: np.random.Generator) -> dict[str, Scene]:
 
 
 NOT_FOUND = "none"  # the confusion tables' name for an expected object no track was matched to
+UNSPECIFIED = "unspecified"  # the per-motion table's name for objects whose prompt gives no motion
 
 
 def _confuse(confusion: dict[str, Counter[tuple[str, str]]], result: JudgeResult) -> None:
@@ -820,23 +849,27 @@ class Evaluation:
         self.rejection = rejection
         self.tallies = {"all": _empty_tally(), "one_object": _empty_tally(), "two_objects": _empty_tally()}
         self.confusion: dict[str, Counter[tuple[str, str]]] = {a: Counter() for a in (*ATTRIBUTES, "count")}
+        self.by_motion: dict[str, dict[str, list[int]]] = {}
         self.rejected: dict[str, list[int]] = {}
         self.clips: list[dict[str, Any]] = []
         self.rng = np.random.default_rng(rejection_seed)
 
-    def add(self, prompt: str, seed: int, video: np.ndarray) -> None:
-        """Judge one clip against its prompt and tally it."""
+    def add(self, prompt: str, seed: int, video: np.ndarray, first_frame: int = 0) -> None:
+        """Judge one clip against its prompt and tally it (`first_frame`: where it starts in its stream)."""
         from edgegen.world import parse_prompt
 
         scene = parse_prompt(prompt)
-        analysis = analyse(video, len(scene.objects))
+        analysis = analyse(video, len(scene.objects), first_frame)
         result = score(analysis, scene)
         group = "one_object" if len(scene.objects) == 1 else "two_objects"
         marks: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
         for obj in result.objects:
+            per_motion = self.by_motion.setdefault(obj.expected.motion or UNSPECIFIED, {a: [0, 0] for a in ATTRIBUTES})
             for a in ATTRIBUTES:
                 if obj.checks[a] is not None:
                     marks[a].append(bool(obj.checks[a]))
+                    per_motion[a][0] += bool(obj.checks[a])
+                    per_motion[a][1] += 1
         for name, ok in (("count", result.count), ("consistent", result.consistent),
                          ("sharp", result.sharp), ("passed", result.passed)):
             marks[name] = [ok]
@@ -865,6 +898,7 @@ class Evaluation:
             "clips": len(self.clips),
             "accuracy": {group: rates(t) for group, t in self.tallies.items()},
             "confusion": {a: _nested(c) for a, c in self.confusion.items()},
+            "by_motion": {m: rates(self.by_motion[m]) for m in _value_order("motion", set(self.by_motion))},
             "clip_results": self.clips,
         }
         if self.rejection:
@@ -970,8 +1004,21 @@ def _single_markdown(report: dict[str, Any], heading: str = "##") -> list[str]:
         lines += ["", "Prompts with one attribute changed, rejected:", "", "| changed | rejected |", "| --- | --- |"]
         for k, r in report["rejection"].items():
             lines.append(f"| {k} | {100 * r['rate']:.1f}% ({r['rejected']}/{r['judged']}) |")
+    if report.get("by_motion"):
+        lines += _motion_markdown(report["by_motion"], heading)
     if "confusion" in report:
         lines += _confusion_markdown(report["confusion"], heading)
+    return lines
+
+
+def _motion_markdown(by_motion: dict[str, dict[str, Any]], heading: str = "##") -> list[str]:
+    """Per object, each attribute's share by the motion its prompt asked for: which motions cost
+    which attributes (a growing object's size, a rotating one's shape)."""
+    lines = ["", f"{heading} By the motion asked", "",
+             f"Objects grouped by the motion in their prompt (`{UNSPECIFIED}`: none given); an attribute counts where the prompt gives it.",
+             "", "| motion asked | " + " | ".join(ATTRIBUTES) + " |", "| --- |" + " --- |" * len(ATTRIBUTES)]
+    for motion, shares in by_motion.items():
+        lines.append(f"| {motion} | " + " | ".join(_share(shares[a], False) for a in ATTRIBUTES) + " |")
     return lines
 
 

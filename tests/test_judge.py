@@ -138,6 +138,15 @@ def test_long_clips_stay_on_prompt() -> None:
         assert result.passed and result.consistent, result.to_dict()
 
 
+@pytest.mark.parametrize("prompt", ["a small red circle growing", "a large blue square shrinking"])
+def test_late_window_of_a_growing_object_is_judged_at_its_stream_time(prompt: str) -> None:
+    scene = parse_prompt(prompt)
+    late = render(scene, 7, 240, 64)[199:]  # frames 200-240: growth has settled at its end scale
+    assert judge(late, scene, first_frame=199).passed is False  # the motion has stopped, as the world draws it
+    assert judge(late, scene, first_frame=199).objects[0].checks["size"] is True
+    assert judge(late, scene).objects[0].checks["size"] is False  # read as a clip starting at t = 0, the size is a class off
+
+
 def test_unspecified_attributes_are_not_judged_and_a_spinning_disc_may_look_still() -> None:
     result = judge(render(parse_prompt("a circle"), 4, 24, 64), parse_prompt("a circle"))
     assert result.passed
@@ -203,6 +212,11 @@ def test_evaluate_report(tmp_path: Path) -> None:
     json_path, md_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["clips"] == 3
     assert "| motion |" in md_path.read_text()
+    by_motion = report["by_motion"]  # per object, by the motion its prompt asks for
+    assert list(by_motion) == ["left", "right", "bouncing", "unspecified"]  # the world's order, then none given
+    assert by_motion["left"]["motion"] == {"accuracy": 0.0, "correct": 0, "judged": 1}
+    assert by_motion["right"]["colour"]["correct"] == 1 and by_motion["unspecified"]["motion"]["judged"] == 0
+    assert "| left | 100.0% (1/1) | 100.0% (1/1) | – | 0.0% (0/1) |" in md_path.read_text()
 
 
 def test_evaluate_tallies_what_was_found_instead() -> None:
@@ -307,6 +321,7 @@ def test_world_prompts_takes_split_all_like_eval(capsys: pytest.CaptureFixture[s
     (["judge", "{tmp}/a.avi", "-p", "a red circle"], "unknown video suffix '.avi' in {tmp}/a.avi; use .mp4, .gif, .y4m or a folder of PNG frames"),
     (["judge", "", "-p", "a red circle"], "the video path is empty; name a file such as clip.mp4"),
     (["judge", "-", "-p", "a red circle"], "reading video from stdin is not supported; save it to a .y4m file first"),
+    (["judge", "{tmp}/a.mp4", "-p", "a red circle", "--first-frame", "0"], "--first-frame 0 is out of range; use 1 to"),
 ])
 def test_eval_world_and_judge_input_errors_are_one_line(args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -342,27 +357,31 @@ def test_eval_generates_with_a_bundle(tiny_bundle: Path, tmp_path: Path) -> None
     assert (out / "contact_sheet.png").exists()
 
 
-def _spy_on_judged_clips(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
-    """Every clip `edgegen eval` hands the judge, in order."""
+def _spy_on_judged_clips(monkeypatch: pytest.MonkeyPatch, starts: list[int] | None = None) -> list[np.ndarray]:
+    """Every clip `edgegen eval` hands the judge, in order (and, into `starts`, where each begins in its stream)."""
     from edgegen import judge as judge_mod
 
     seen: list[np.ndarray] = []
+    starts = [] if starts is None else starts
     real = judge_mod.Evaluation.add
 
-    def spy(self, prompt, seed, video):
+    def spy(self, prompt, seed, video, first_frame=0):
         seen.append(video)
-        return real(self, prompt, seed, video)
+        starts.append(first_frame)
+        return real(self, prompt, seed, video, first_frame)
 
     monkeypatch.setattr(judge_mod.Evaluation, "add", spy)
     return seen
 
 
 def test_eval_window_judges_a_late_span_of_each_stream(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = _spy_on_judged_clips(monkeypatch)
+    starts: list[int] = []
+    seen = _spy_on_judged_clips(monkeypatch, starts)
     out = tmp_path / "late"
     args = ["eval", "--bundle", str(tiny_bundle), "--backend", "ort-cpu", "--n", "2", "--frames", "12", "--window", "9-12", "--no-rejection", "--out", str(out)]
     assert main(args) == 0
     assert [len(c) for c in seen] == [4, 4]
+    assert starts == [8, 8]  # judged at their place in the stream (frame 9 = index 8)
     assert "frames 9-12 of each clip" in json.loads((out / "report.json").read_text())["source"]
     assert main([*args[:-2], "--window", "9-20", "--out", str(tmp_path / "bad")]) == 2  # past the clip's end
 

@@ -19,6 +19,7 @@ import numpy as np
 import typer
 
 from edgegen.cli.world import (
+    MAX_FRAMES,
     MAX_SEED,
     check_frames,
     check_seed,
@@ -39,6 +40,7 @@ def judge_command(
     clip: str = typer.Argument(..., help="The video to judge (.mp4, .gif, .y4m or a folder of PNG frames)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt the clip should show."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+    first_frame: int = typer.Option(1, "--first-frame", help="The clip's first frame is this frame (1-based) of a longer stream: growing and shrinking objects are judged at their stream time."),
 ) -> None:
     """Judge a clip against a prompt: exit 0 when it matches, 1 when it does not."""
     from edgegen import video
@@ -46,8 +48,10 @@ def judge_command(
     from edgegen.world import parse_prompt
 
     scene = parse_prompt(prompt)  # a bad prompt fails before the file is read
+    if not 1 <= first_frame <= MAX_FRAMES:
+        raise UserError(f"--first-frame {first_frame} is out of range; use 1 to {MAX_FRAMES}")
     frames = video.read_video(clip).frames
-    result = judge(frames, scene)
+    result = judge(frames, scene, first_frame - 1)
     if as_json:
         typer.echo(json.dumps({"prompt": prompt, **result.to_dict()}, indent=1))
     else:
@@ -240,31 +244,37 @@ class _Keep:
             yield prompt, seed, parts
 
 
-def _judge_windows(samples: _Keep, names: list[str], rejection: bool) -> dict:
-    """One tally per window, fed from one pass over the streams; with several windows the report
-    holds each window's figures and the change from the first to the last."""
+def _judge_windows(samples: _Keep, spans: list[tuple[int, int]] | None, rejection: bool) -> dict:
+    """One tally per window (or one for whole clips), fed from one pass over the streams; with
+    several windows the report holds each window's figures and the change from the first to the last."""
     from edgegen.judge import Evaluation, window_drift
 
-    tallies = [Evaluation(rejection) for _ in names]
+    starts = [first - 1 for first, _ in spans] if spans else [0]  # each window's place in its stream
+    tallies = [Evaluation(rejection) for _ in starts]
     for prompt, seed, parts in samples:
-        for tally, part in zip(tallies, parts, strict=True):
-            tally.add(prompt, seed, part)
+        for tally, part, start in zip(tallies, parts, starts, strict=True):
+            tally.add(prompt, seed, part, first_frame=start)
     reports = [t.report() for t in tallies]
-    if len(reports) == 1:
+    if spans is None or len(spans) == 1:
         return reports[0]
-    return {"clips": reports[0]["clips"], "windows": [{"frames": name, **r} for name, r in zip(names, reports, strict=True)],
+    return {"clips": reports[0]["clips"],
+            "windows": [{"frames": _span_name(s), **r} for s, r in zip(spans, reports, strict=True)],
             "drift": window_drift(reports)}
 
 
-def _sheet(report: dict, kept: _Keep, names: list[str], path: Path) -> None:
+def _span_name(span: tuple[int, int]) -> str:
+    return f"{span[0]}-{span[1]}"
+
+
+def _sheet(report: dict, kept: _Keep, path: Path) -> None:
     """The first clips, one row per clip and window, each labelled PASS/FAIL."""
     from edgegen.judge import contact_sheet
 
     windows = report.get("windows", [report])
     videos, labels = [], []
     for i, (parts, (prompt, seed)) in enumerate(zip(kept.clips, kept.keys, strict=True)):
-        for w, name, part in zip(windows, names, parts, strict=True):
-            where = f"frames {name}  " if len(names) > 1 else ""
+        for w, part in zip(windows, parts, strict=True):
+            where = f"frames {w['frames']}  " if "windows" in report else ""
             videos.append(part)
             labels.append(f"{'PASS' if w['clip_results'][i]['passed'] else 'FAIL'}  {where}{prompt} (seed {seed})")
     contact_sheet(videos, labels, path)
@@ -318,7 +328,6 @@ def eval_command(
     if truth:
         _check_truth_flags(bundle, backend, precision, steps)
     spans = _parse_windows(window, low) if window is not None else None
-    names = [f"{a}-{b}" for a, b in spans] if spans else ["all"]
     _prepare_out(out, force)
     prompts = world_prompts(split, n, seed=prompt_seed)
     lengths = np.random.default_rng([prompt_seed, 1]).integers(low, high + 1, size=len(prompts)).tolist()
@@ -335,16 +344,16 @@ def eval_command(
         source = f"bundle {bundle or 'default'}, backend {gen.backend}, precision {gen.precision}, {chosen_steps} steps"
         size = int(gen.bundle.video["height"])
     if spans is not None:
-        source += f", frames {', '.join(names)} of each clip"
+        source += f", frames {', '.join(map(_span_name, spans))} of each clip"
     kept = _Keep(samples, SHEET_CLIPS, total)
-    report = _judge_windows(kept, names, rejection)
+    report = _judge_windows(kept, spans, rejection)
     report.update(
         split=split, source=source, frames=frames, size=size, prompt_seed=prompt_seed,
         seeds=f"{','.join(map(str, seed_list))} (prompt i uses each base seed + i)",
     )
     out.mkdir(exist_ok=True)
     write_report(report, out, title=f"edgegen eval: {source}, {split} split")
-    _sheet(report, kept, names, out / "contact_sheet.png")
+    _sheet(report, kept, out / "contact_sheet.png")
     log.info("%d clips: %s; report in %s", total, _eval_summary(report), out)
 
 
