@@ -15,8 +15,10 @@ It knows how the world is drawn and measures each property directly, with no lea
    - shape: rotation-invariant angular harmonics `|sum alpha r^2 e^{-ik theta}| / sum alpha r^2`
      for k = 3, 4, 5 (triangle, square, star; all near 0 for a circle), each divided by its value
      for a sharp shape so blur only shrinks them;
-   - size: the area (fraction of the frame) rescaled to the clip's nominal size for growing and
-     shrinking objects, compared with the world's size classes;
+   - size: the area (fraction of the frame) rescaled to the nominal (scale 1) size along the
+     growth curve of the prompt's motion (the found motion's when the prompt gives none), at each
+     frame's time in its stream (`first_frame`: a window cut late from a long stream holds a
+     grown object), compared with the world's size classes;
    - motion: centroid trajectory (net displacement, vertical back-and-forth for bouncing), area
      trend, orientation (the phase of the shape's harmonic) for rotating.
 4. Count (components per frame), consistency (no flicker, no identity swaps or jumps, no
