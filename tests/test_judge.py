@@ -440,3 +440,21 @@ def test_report_shows_the_standard_error_of_each_share() -> None:
     md = report_markdown(report)
     assert "| colour | 75.0% ± 6.8 (30/40) | 75.0% (30/40) | – |" in md
     assert "standard error" in md
+
+
+def test_eval_progress_is_a_bar_with_rate_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from edgegen.cli import judge as judge_cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(judge_cli.sys, "stderr", term)
+    clip = np.zeros((4, 8, 8, 3), np.uint8)
+    kept = judge_cli._Keep(iter([("a red circle", i, [clip]) for i in range(3)]), keep=2, total=3)
+    assert [seed for _, seed, _ in kept] == [0, 1, 2]
+    assert "0/3 [" in term.getvalue() and "clip/s" in term.getvalue()  # clips of the total, a rate (and ETA)
+    assert kept.keys == [("a red circle", 0), ("a red circle", 1)]  # the contact sheet's clips are still kept

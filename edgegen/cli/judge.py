@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,7 +228,8 @@ def _generated_clips(gen, prompts: list[str], seeds: list[int], frames: list[int
 
 
 class _Keep:
-    """Passes samples through, keeping the first few clips for the contact sheet."""
+    """Passes samples through, keeping the first few clips for the contact sheet; shows progress
+    (a bar with rate and ETA on a terminal, else a log line every 50 clips)."""
 
     def __init__(self, samples: Iterator[Sample], keep: int, total: int) -> None:
         self.samples, self.keep, self.total = samples, keep, total
@@ -235,13 +237,24 @@ class _Keep:
         self.keys: list[tuple[str, int]] = []
 
     def __iter__(self) -> Iterator[Sample]:
-        for i, (prompt, seed, parts) in enumerate(self.samples, 1):
-            if len(self.clips) < self.keep:
-                self.clips.append(parts)
-                self.keys.append((prompt, seed))
-            if i % 50 == 0 or i == self.total:
-                log.info("judged %d/%d clips", i, self.total)
-            yield prompt, seed, parts
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total, unit="clip", desc="eval", file=sys.stderr, leave=False, dynamic_ncols=True)
+        try:
+            for i, (prompt, seed, parts) in enumerate(self.samples, 1):
+                if len(self.clips) < self.keep:
+                    self.clips.append(parts)
+                    self.keys.append((prompt, seed))
+                if bar is not None:
+                    bar.update()
+                elif i % 50 == 0 or i == self.total:
+                    log.info("judged %d/%d clips", i, self.total)
+                yield prompt, seed, parts
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _judge_windows(samples: _Keep, spans: list[tuple[int, int]] | None, rejection: bool) -> dict:
