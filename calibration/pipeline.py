@@ -152,11 +152,27 @@ def _prompts(split: str, n: int, seed: int) -> list[str]:
     return list(prompts(split, n, seed))
 
 
+def _without_precision(source: Bundle, precision: str) -> dict[str, Any]:
+    """The source manifest less `precision` (a bundle calibrated again replaces it) and the files only
+    it used: its quantized files, its ORT-CPU variants and its calibration report."""
+    manifest = thaw(source.manifest)
+    old = manifest["precisions"].pop(precision, None)
+    if old is not None:
+        kept = {spec["file"] for rec in manifest["precisions"].values() for spec in rec["components"].values()}
+        kept |= {v["file"] for rec in manifest["precisions"].values() for spec in rec["components"].values()
+                 for v in spec.get("variants", {}).values()}
+        used = {spec["file"] for spec in old["components"].values()}
+        used |= {v["file"] for spec in old["components"].values() for v in spec.get("variants", {}).values()}
+        used |= {old.get("quality", {}).get(k) for k in ("report", "report_markdown")} - {None}
+        for name in used - kept:
+            manifest["files"].pop(name, None)
+    return manifest
+
+
 def _build(source: Bundle, tmp: Path, settings: Settings) -> dict[str, Any]:
-    for name in source.manifest["files"]:
+    for name in _without_precision(source, settings.precision)["files"]:  # the manifest follows (`_record_precision`)
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source.file(name), tmp / name)
-    shutil.copy2(source.path / MANIFEST, tmp / MANIFEST)
 
     frames = _frames(source, settings)
     steps = _calibration_steps(source)
@@ -410,7 +426,7 @@ def _check_trt(model: onnx.ModelProto) -> dict[str, Any]:
 
 def _record_precision(source: Bundle, tmp: Path, settings: Settings, report: dict[str, Any]) -> None:
     """Write the manifest with the new precision (quantized files; the others shared with fp32)."""
-    manifest = thaw(source.manifest)
+    manifest = _without_precision(source, settings.precision)
     fp32 = manifest["precisions"]["fp32"]["components"]
     comps = {}
     for name, spec in fp32.items():

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,37 @@ def test_existing_out_needs_force_and_input_is_refused_as_out(tiny_bundle: Path,
     assert code == 2 and "never modifies its input" in err
     code, _, err = _run(["calibrate", str(tiny_bundle), "--precision", "int4"])
     assert code == 2 and "int8" in err
+
+
+def test_a_calibrated_bundle_calibrates_again(int8: dict[str, Any], work: Path) -> None:
+    """Calibrating a bundle that has the precision already replaces it: the old precision's files
+    that the new one does not make (here an ORT-CPU variant) leave the bundle; other precisions stay."""
+    from edgegen.bundle import thaw, write_manifest
+
+    src = work / "calibrated-src"
+    shutil.copytree(int8["out"], src)
+    manifest = thaw(load_bundle(src).manifest)
+    shutil.copy2(src / "denoiser.int8.onnx", src / "old-variant.onnx")
+    manifest["precisions"]["int8"]["components"]["denoiser"]["variants"] = {"ort-cpu": {"file": "old-variant.onnx", "kind": "dynamic"}}
+    write_manifest(src, manifest)
+    assert "old-variant.onnx" in load_bundle(src).manifest["files"]
+
+    out = work / "calibrated-again"
+    code, _, err = _run(["calibrate", str(src), "--precision", "int8", "--components", "denoiser", "--no-ort-variants",
+                         "--no-e2e", *SMALL, "--out", str(out), "--cache-dir", str(work / "cache")])
+    assert code == 0, err
+    again = load_bundle(out)  # every listed file is there and its checksum holds
+    assert "old-variant.onnx" not in again.manifest["files"] and not (out / "old-variant.onnx").exists()
+    assert "variants" not in again.precision_info("int8")["components"]["denoiser"]
+    assert again.component("int8", "vae_decoder").file == "vae_decoder.onnx"  # only the denoiser is quantized now
+
+    fp8 = work / "calibrated-fp8"
+    code, _, err = _run(["calibrate", str(src), "--precision", "fp8", "--components", "denoiser", "--no-e2e", *SMALL,
+                         "--out", str(fp8), "--cache-dir", str(work / "cache")])
+    assert code == 0, err
+    both = load_bundle(fp8)  # another precision: the int8 one, variant included, is kept as it was
+    assert {"fp32", "int8", "fp8"} <= set(both.precisions) and (fp8 / "old-variant.onnx").is_file()
+    assert both.precision_info("int8") == load_bundle(src).precision_info("int8")
 
 
 def test_capture_cache_is_reused(tiny_bundle: Path, int8: dict[str, Any], work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
