@@ -216,10 +216,15 @@ def _earlier_manifest(out: Path) -> dict[str, Any] | None:
 def _keep_earlier_precisions(out: Path, source: ExportSource, wanted: list[str], force: bool) -> list[str]:
     """An export over a bundle of the same checkpoint keeps its exported precisions (so the
     manifest keeps listing the files left in the folder); over another checkpoint's bundle it
-    stops unless --force, since that would replace the user's bundle."""
+    stops unless --force, since that would replace the user's bundle; over a calibrated bundle it
+    stops (the user's calibrated precision would be lost)."""
     earlier = _earlier_manifest(out)
     if earlier is None:
         return wanted
+    calibrated = [p for p in earlier.get("precisions", {}) if p not in EXPORT_PRECISIONS]
+    if calibrated:  # its quantized files were calibrated from the fp32 files an export would rewrite
+        raise UserError(f"--out {out} holds a calibrated bundle ({', '.join(calibrated)}), which an export would not keep; "
+                        "export to a new folder, then `edgegen calibrate` it")
     made_from = earlier.get("provenance", {}).get("checkpoint_sha256")
     if made_from != source.checkpoint_sha256:
         if not force:

@@ -82,6 +82,22 @@ def test_export_over_another_checkpoints_bundle_needs_force(bundle_copy: Path) -
     assert load_bundle(bundle_copy).manifest["provenance"]["checkpoint_sha256"] == other.checkpoint_sha256
 
 
+def test_export_over_a_calibrated_bundle_is_refused(bundle_copy: Path) -> None:
+    from conftest import tiny_source
+
+    from edgegen.bundle import thaw, write_manifest
+
+    manifest = thaw(load_bundle(bundle_copy).manifest)
+    manifest["precisions"]["int8"] = thaw(manifest["precisions"]["fp32"])  # as `edgegen calibrate` adds one
+    write_manifest(bundle_copy, manifest)
+    before = {p.name: p.read_bytes() for p in bundle_copy.iterdir()}
+    for force in (False, True):  # same checkpoint or not, the calibrated precision would be dropped
+        with pytest.raises(UserError, match=r"holds a calibrated bundle \(int8\).*new folder.*edgegen calibrate") as exc:
+            export_bundle(tiny_source(), bundle_copy, parity_frames=8, force=force)
+        assert "\n" not in str(exc.value)
+    assert {p.name: p.read_bytes() for p in bundle_copy.iterdir()} == before  # untouched
+
+
 def test_parity_failure_is_loud_and_leaves_no_manifest(bundle_copy: Path) -> None:
     from conftest import tiny_source
 
