@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.files import atomic_path
-from edgegen.world.renderer import AREA, FPS, PALETTE, scale_at
+from edgegen.world.renderer import AREA, CIRCUMRADIUS, EDGE_MARGIN, FPS, PALETTE, scale_at
 from edgegen.world.scene import SIZES, ObjectSpec, Scene
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,11 @@ JUMP = 0.2  # centroid jump (frame units) in one frame = a swap / teleport
 SHARP_MIN = 0.3
 COUNT_FRACTION = 0.75  # frames with the right number of objects
 GROWTH_CURVES = ("still", "growing", "shrinking")  # the scale curves of `scale_at`
+# Late in a stream the world's movers rest at the far edge: none is within EDGE_TOL (frame units) of
+# it before SETTLE_S seconds (tests/test_judge.py measures this on the world), so from then on a still
+# object there shows the prompt's motion as the world does.
+SETTLE_S, EDGE_TOL = 2.0, 0.03
+_MAX_CIRCUMRADIUS = max(CIRCUMRADIUS.values())
 _SIZE_EDGES = tuple(math.sqrt(AREA[a] * AREA[b]) for a, b in itertools.pairwise(SIZES))
 _HARMONIC_SCALE = np.array([HARMONIC_SHARP[k] for k in (3, 4, 5)])
 _PALETTE_NAMES = tuple(PALETTE)
@@ -523,6 +528,25 @@ def growth_curve(motion: str | None) -> str:
     return motion if motion in GROWTH_CURVES else "still"
 
 
+def settled_motions(found: str, centre: tuple[float, float], area: float, first_frame: int, frames: int) -> frozenset[str]:
+    """The prompt motions a still object satisfies at this stream time, the way the world draws a
+    long stream: growth that no longer changes the area visibly over the clip, and (from SETTLE_S
+    on) a mover resting at its far edge. Empty for a moving object or at a stream's start."""
+    if found != "still":
+        return frozenset()
+    t = np.array([first_frame, first_frame + frames - 1], np.float64) / FPS
+    done = {m for m in ("growing", "shrinking") if abs(2 * math.log(scale_at(m, t)[1] / scale_at(m, t)[0])) < GROW_LOG}
+    if t[0] >= SETTLE_S:
+        # the world stops a mover at 1 - extent - EDGE_MARGIN; extent <= the largest circumradius of this area
+        reach = _MAX_CIRCUMRADIUS * math.sqrt(area / math.pi) + EDGE_MARGIN + EDGE_TOL
+        x, y = centre
+        edges = {"left": x <= reach, "right": x >= 1 - reach, "up": y <= reach, "down": y >= 1 - reach}
+        done |= {m for m, at in edges.items() if at}
+        if (edges["left"] or edges["right"]) and (edges["up"] or edges["down"]):
+            done.add("diagonal")  # in a corner
+    return frozenset(done)
+
+
 @dataclass
 class _TrackSummary:
     found: dict[str, str]
@@ -531,6 +555,7 @@ class _TrackSummary:
     present: float  # fraction of frames where the object is seen or merged with another
     swaps: int  # frames whose colour is another object's, plus jumps
     areas: dict[str, float]  # nominal area under each growth curve (`nominal_areas`)
+    settled: frozenset[str]  # motions the world has finished by this clip's stream time, as this object shows them (`settled_motions`)
 
     def curve_for(self, expected: ObjectSpec) -> str:
         """The growth curve the size is read under: the prompt's motion's (a growing object is judged
@@ -552,6 +577,8 @@ def _summarise(track: _Track, first_frame: int = 0) -> _TrackSummary:
     motion, motion_details = classify_motion(track, shape)
     areas = nominal_areas(track, first_frame)
     area = areas[growth_curve(motion)]
+    centre = np.median(np.array([b.centre for b in seen]), axis=0)
+    settled = settled_motions(motion, (float(centre[0]), float(centre[1])), areas["still"], first_frame, len(track.blobs))
     recoloured = sum(1 for b in seen if np.linalg.norm(b.colour - colour) > SWAP_COLOUR)
     jumps = sum(
         1 for a, b in itertools.pairwise(seen)
@@ -570,15 +597,20 @@ def _summarise(track: _Track, first_frame: int = 0) -> _TrackSummary:
             "recoloured_frames": recoloured,
             "jumps": jumps,
             "sharpness": round(float(np.median([b.sharpness for b in seen])), 3),
+            "centre": [round(float(c), 3) for c in centre],
+            "settled": sorted(settled),
         },
         colour_rgb=colour,
         present=(len(seen) + sum(track.merged)) / len(track.blobs),
         swaps=recoloured + jumps,
         areas=areas,
+        settled=settled,
     )
 
 
-def _checks(expected: ObjectSpec, found: dict[str, str | None]) -> dict[str, bool | None]:
+def _checks(expected: ObjectSpec, found: dict[str, str | None], settled: frozenset[str] = frozenset()) -> dict[str, bool | None]:
+    """Per attribute, whether the found value is the asked one (None: not asked). `settled`: the
+    motions the world has finished by then, which a still object therefore shows (`settled_motions`)."""
     out: dict[str, bool | None] = {}
     for name in ORDER:
         want = getattr(expected, name)
@@ -586,6 +618,8 @@ def _checks(expected: ObjectSpec, found: dict[str, str | None]) -> dict[str, boo
             out[name] = None
         elif name == "motion" and want == "rotating" and expected.shape == "circle":
             out[name] = found["motion"] in ("rotating", "still")  # a spinning disc looks still
+        elif name == "motion":
+            out[name] = found["motion"] == want or want in settled
         else:
             out[name] = found[name] == want
     return out
@@ -671,7 +705,7 @@ def score(analysis: Analysis, scene: Scene) -> JudgeResult:
     for perm in itertools.permutations(range(len(summaries)), min(n, len(summaries))):
         total = 0.0
         for obj, k in zip(scene.objects, perm, strict=False):
-            total += sum(1 for v in _checks(obj, summaries[k].found_for(obj)).values() if v)
+            total += sum(1 for v in _checks(obj, summaries[k].found_for(obj), summaries[k].settled).values() if v)
             if obj.colour is not None:
                 target = _PALETTE_RGB[_PALETTE_NAMES.index(obj.colour)]
                 total -= 1e-3 * float(np.linalg.norm(summaries[k].colour_rgb - target))
@@ -683,7 +717,7 @@ def score(analysis: Analysis, scene: Scene) -> JudgeResult:
             s = summaries[best_perm[i]]
             found = s.found_for(obj)
             details = {**s.details, "area": round(s.areas[s.curve_for(obj)], 4)}
-            objects.append(ObjectResult(obj, found, _checks(obj, found), details))
+            objects.append(ObjectResult(obj, found, _checks(obj, found, s.settled), details))
         else:  # no object left to match: every specified attribute fails
             found: dict[str, str | None] = dict.fromkeys(ORDER)
             checks = {a: (None if getattr(obj, a) is None else False) for a in ORDER}

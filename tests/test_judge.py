@@ -142,9 +142,53 @@ def test_long_clips_stay_on_prompt() -> None:
 def test_late_window_of_a_growing_object_is_judged_at_its_stream_time(prompt: str) -> None:
     scene = parse_prompt(prompt)
     late = render(scene, 7, 240, 64)[199:]  # frames 200-240: growth has settled at its end scale
-    assert judge(late, scene, first_frame=199).passed is False  # the motion has stopped, as the world draws it
     assert judge(late, scene, first_frame=199).objects[0].checks["size"] is True
     assert judge(late, scene).objects[0].checks["size"] is False  # read as a clip starting at t = 0, the size is a class off
+
+
+@pytest.mark.parametrize("prompt", ["a small red circle moving right", "a large blue star moving up",
+                                    "a medium green square moving diagonally", "a small white triangle growing"])
+def test_late_window_of_a_finished_motion_shows_the_prompt(prompt: str) -> None:
+    scene = parse_prompt(prompt)
+    clip = render(scene, 7, 240, 64)
+    late = judge(clip[199:], scene, first_frame=199)  # at rest by then, as the world draws every long stream
+    assert late.objects[0].found["motion"] == "still" and late.passed, late.to_dict()
+    assert not judge(clip[199:], scene).passed  # read as a stream's start, a still object shows no motion
+
+
+def test_a_still_object_late_shows_only_the_motions_that_end_where_it_rests() -> None:
+    left = parse_prompt("a small red circle moving left")
+    late = render(left, 7, 240, 64)[199:]  # resting at the left edge
+    assert judge(late, left, first_frame=199).passed
+    assert not judge(late, parse_prompt("a small red circle moving right"), first_frame=199).passed
+    still = parse_prompt("a large red circle standing still")
+    for seed in range(40):  # a still object in the middle of the frame has not moved anywhere
+        clip = render(still, seed, 41, 64)
+        found = judge(clip, still).objects[0]
+        if found.found["motion"] == "still" and all(0.35 < c < 0.65 for c in found.details["centre"]):
+            for motion in ("moving left", "moving right", "moving up", "moving down", "moving diagonally"):
+                asked = parse_prompt(f"a large red circle {motion}")
+                assert judge(clip, asked, first_frame=199).objects[0].checks["motion"] is False, motion
+            grown = judge(clip, parse_prompt("a large red circle growing"), first_frame=199).objects[0].checks
+            assert grown["motion"] and not grown["size"]  # growth is over by then, but it never grew to the end size
+            break
+    else:
+        pytest.fail("no seed put the still circle mid-frame")
+
+
+def test_no_world_mover_reaches_its_far_edge_before_the_judge_expects_it() -> None:
+    from edgegen.judge import EDGE_TOL, SETTLE_S
+    from edgegen.world import renderer as w
+
+    t = np.arange(0.0, 8.0, 1.0 / 24)
+    for size in w.AREA:
+        for factor in w.CIRCUMRADIUS.values():
+            span = 1 - 2 * (factor * w.equal_area_radius(size) + w.EDGE_MARGIN)
+            for speed in (w.SPEED, w.DIAGONAL_SPEED):
+                for u in (0.0, 1.0):  # the longest and the shortest run
+                    distance = span * (1 - w.START_SPAN * u)
+                    left = distance - w._ease(np.array([[distance]]), speed, t)[0]
+                    assert t[np.argmax(left < EDGE_TOL)] >= SETTLE_S
 
 
 def test_unspecified_attributes_are_not_judged_and_a_spinning_disc_may_look_still() -> None:
