@@ -26,7 +26,9 @@ It knows how the world is drawn and measures each property directly, with no lea
    anti-aliasing, ~0.2 for a Gaussian blur of sigma 2 px).
 
 Attributes the prompt leaves unspecified are measured and reported but not judged. A rotating
-circle is indistinguishable from a still one, so "still" is accepted for it.
+circle is indistinguishable from a still one, so "still" is accepted for it. Late in a long stream
+(a clip's `first_frame`) the world's motions finish: movers rest at their far edge, growth stops;
+a still object there shows the prompt's motion as the world does (`settled_motions`).
 `JudgeResult.passed` = the object count and every specified attribute match; consistency and
 sharpness are reported beside it (the evaluation report has their rates).
 """
