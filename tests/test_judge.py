@@ -313,11 +313,13 @@ def test_judge_command_takes_the_clips_place_in_its_stream(tmp_path: Path, capsy
     write_video(late, render(parse_prompt(prompt), 7, 240, 64)[199:], 24.0)  # frames 200-240 of a stream
 
     def size_check(*extra: str) -> bool:
-        main(["judge", str(late), "--prompt", prompt, "--json", *extra])  # exit 1 either way: the growth is over by then
+        main(["judge", str(late), "--prompt", prompt, "--json", *extra])
         return json.loads(capsys.readouterr().out)["objects"][0]["checks"]["size"]
 
     assert size_check("--first-frame", "200") is True  # grown, as the world draws it at that time
     assert size_check() is False  # read as a stream's start: a size class off
+    assert main(["judge", str(late), "--prompt", prompt, "--first-frame", "200"]) == 0
+    assert "motion still (growing, finished by then)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

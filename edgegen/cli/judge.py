@@ -109,6 +109,8 @@ def _summary(result) -> str:  # JudgeResult
             want, got = getattr(obj.expected, name), obj.found[name]
             if ok is None:
                 parts.append(f"{name} {got} (not asked)")
+            elif ok and want in obj.details.get("settled", ()):  # a motion the world has finished by the clip's stream time
+                parts.append(f"{name} {got} ({want}, finished by then)")
             else:
                 parts.append(f"{name} {got}" + ("" if ok else f" (wanted {want})"))
         lines.append(f"  object {i}: " + ", ".join(parts))
