@@ -537,7 +537,7 @@ def settled_motions(found: str, centre: tuple[float, float], area: float, first_
     if found != "still":
         return frozenset()
     t = np.array([first_frame, first_frame + frames - 1], np.float64) / FPS
-    done = {m for m in ("growing", "shrinking") if abs(2 * math.log(scale_at(m, t)[1] / scale_at(m, t)[0])) < GROW_LOG}
+    done = {m for m in ("growing", "shrinking") if 2 * np.ptp(np.log(scale_at(m, t))) < GROW_LOG}  # log area change
     if t[0] >= SETTLE_S:
         # the world stops a mover at 1 - extent - EDGE_MARGIN; extent <= the largest circumradius of this area
         reach = _MAX_CIRCUMRADIUS * math.sqrt(area / math.pi) + EDGE_MARGIN + EDGE_TOL
@@ -656,7 +656,8 @@ class Analysis:
 def analyse(video: np.ndarray, n_objects: int, first_frame: int = 0) -> Analysis:
     """Segment, track and classify the objects of a clip expected to hold `n_objects`;
     `first_frame`: the clip's first frame is frame `first_frame` of its stream (a window cut from a
-    longer stream: growing and shrinking objects are judged at their stream time)."""
+    longer stream: sizes of growing and shrinking objects, and motions the world has finished, are
+    read at their stream time)."""
     frames = _as_uint8_video(video).astype(np.float32)
     f, h, w, _ = frames.shape
     background, offsets = estimate_background(frames)
