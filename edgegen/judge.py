@@ -35,6 +35,7 @@ sharpness are reported beside it (the evaluation report has their rates).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -48,7 +49,16 @@ from typing import Any
 import numpy as np
 
 from edgegen.files import atomic_path
-from edgegen.world.renderer import AREA, CIRCUMRADIUS, EDGE_MARGIN, FPS, PALETTE, scale_at
+from edgegen.world.renderer import (
+    AREA,
+    CIRCUMRADIUS,
+    EASE_S,
+    EDGE_MARGIN,
+    FPS,
+    PALETTE,
+    earliest_rest,
+    scale_at,
+)
 from edgegen.world.scene import SIZES, ObjectSpec, Scene
 
 log = logging.getLogger(__name__)
@@ -88,10 +98,6 @@ JUMP = 0.2  # centroid jump (frame units) in one frame = a swap / teleport
 SHARP_MIN = 0.3
 COUNT_FRACTION = 0.75  # frames with the right number of objects
 GROWTH_CURVES = ("still", "growing", "shrinking")  # the scale curves of `scale_at`
-# Late in a stream the world's movers rest at the far edge: none is within EDGE_TOL (frame units) of
-# it before SETTLE_S seconds (tests/test_judge.py measures this on the world), so from then on a still
-# object there shows the prompt's motion as the world does.
-SETTLE_S, EDGE_TOL = 2.0, 0.03
 _MAX_CIRCUMRADIUS = max(CIRCUMRADIUS.values())
 _SIZE_EDGES = tuple(math.sqrt(AREA[a] * AREA[b]) for a, b in itertools.pairwise(SIZES))
 _HARMONIC_SCALE = np.array([HARMONIC_SHARP[k] for k in (3, 4, 5)])
@@ -531,22 +537,37 @@ def growth_curve(motion: str | None) -> str:
 
 
 def settled_motions(found: str, centre: tuple[float, float], area: float, first_frame: int, frames: int) -> frozenset[str]:
-    """The prompt motions a still object satisfies at this stream time, the way the world draws a
-    long stream: growth that no longer changes the area visibly over the clip, and (from SETTLE_S
-    on) a mover resting at its far edge. Empty for a moving object or at a stream's start."""
+    """The prompt motions a still object satisfies at this stream time, as the world draws a stream:
+    growth that no longer changes the area visibly over the clip, and a mover easing out so close to
+    its far edge that it moves less than MOVE_MIN over the clip (`resting_gap`), once the world's
+    movers can be there. Empty for a moving object, and at a stream's start (the world's movers start
+    well away from their far edge)."""
     if found != "still":
         return frozenset()
     t = np.array([first_frame, first_frame + frames - 1], np.float64) / FPS
     done = {m for m in ("growing", "shrinking") if 2 * np.ptp(np.log(scale_at(m, t))) < GROW_LOG}  # log area change
-    if t[0] >= SETTLE_S:
-        # the world stops a mover at 1 - extent - EDGE_MARGIN; extent <= the largest circumradius of this area
-        reach = _MAX_CIRCUMRADIUS * math.sqrt(area / math.pi) + EDGE_MARGIN + EDGE_TOL
+    gap, earliest = resting_gap(frames)
+    if t[0] >= earliest:
+        # the world rests a mover at 1 - extent - EDGE_MARGIN; extent <= the largest circumradius of this area
+        reach = _MAX_CIRCUMRADIUS * math.sqrt(area / math.pi) + EDGE_MARGIN + gap
         x, y = centre
         edges = {"left": x <= reach, "right": x >= 1 - reach, "up": y <= reach, "down": y >= 1 - reach}
         done |= {m for m, at in edges.items() if at}
         if (edges["left"] or edges["right"]) and (edges["up"] or edges["down"]):
             done.add("diagonal")  # in a corner
     return frozenset(done)
+
+
+@functools.lru_cache(maxsize=256)
+def resting_gap(frames: int) -> tuple[float, float]:
+    """For a clip of `frames` frames: how far from its far edge a world mover can be while its
+    measured displacement stays under MOVE_MIN (its ease-out has a time constant of at most EASE_S;
+    `classify_motion` compares the means of the first and last k frames), and the earliest stream
+    time (s) at which any world mover is that close."""
+    k = max(1, frames // 8)
+    w = (frames - k) / FPS  # between the two groups' centres
+    gap = MOVE_MIN / -math.expm1(-w / EASE_S) if w > 0 else math.inf
+    return gap, earliest_rest(gap)
 
 
 @dataclass

@@ -110,6 +110,24 @@ def _ease(distance: np.ndarray, speed: float, t: np.ndarray) -> np.ndarray:
     return np.where(t <= t1, speed * t, distance - tail * np.exp(-(t - t1) / tau))
 
 
+def earliest_rest(gap: float) -> float:
+    """The earliest time (s) at which any steady or diagonal mover of the world is within `gap`
+    (frame units) of where it comes to rest: the shortest run (the largest object, started furthest
+    along its range) at the slower diagonal and the straight speed. A judge uses it to tell when a
+    still object at the far edge is what the world shows."""
+    t = np.arange(0.0, 30.0, 1.0 / FPS)
+    best = math.inf
+    for size in AREA:
+        for factor in CIRCUMRADIUS.values():
+            span = max(1.0 - 2.0 * (factor * equal_area_radius(size) + EDGE_MARGIN), 0.0)
+            distance = np.array([[span * (1.0 - START_SPAN)]])  # the shortest run
+            for speed in (SPEED, DIAGONAL_SPEED):
+                close = distance[0, 0] - _ease(distance, speed, t)[0] <= gap
+                if close.any():
+                    best = min(best, float(t[np.argmax(close)]))
+    return best
+
+
 @dataclass(frozen=True)
 class Resolved:
     """An object with every attribute decided and its per-seed randomness drawn."""
