@@ -544,10 +544,12 @@ def settled_motions(found: str, centre: tuple[float, float], area: float, first_
     well away from their far edge)."""
     if found != "still":
         return frozenset()
-    t = np.array([first_frame, first_frame + frames - 1], np.float64) / FPS
-    done = {m for m in ("growing", "shrinking") if 2 * np.ptp(np.log(scale_at(m, t))) < GROW_LOG}  # log area change
+    k = max(1, frames // 8)  # `classify_motion` compares the means of the first and last k frames
+    t = (first_frame + np.array([(k - 1) / 2, frames - 1 - (k - 1) / 2])) / FPS
+    # growth too slow to see over the clip: the world's log area change between those means under GROW_LOG
+    done = {m for m in ("growing", "shrinking") if 2 * np.ptp(np.log(scale_at(m, t))) < GROW_LOG}
     gap, earliest = resting_gap(frames)
-    if t[0] >= earliest:
+    if first_frame / FPS >= earliest:
         # the world rests a mover at 1 - extent - EDGE_MARGIN; extent <= the largest circumradius of this area
         reach = _MAX_CIRCUMRADIUS * math.sqrt(area / math.pi) + EDGE_MARGIN + gap
         x, y = centre
