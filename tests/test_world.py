@@ -243,3 +243,18 @@ def _time(fn) -> float:
     for _ in range(10):
         fn()
     return (time.perf_counter() - start) / 10
+
+
+def test_earliest_rest_is_when_the_first_mover_comes_that_close_to_its_far_edge() -> None:
+    from edgegen.world.renderer import earliest_rest
+
+    gaps = [0.01, 0.03, 0.05, 0.1, 0.3]
+    times = [earliest_rest(g) for g in gaps]
+    assert times == sorted(times, reverse=True) and times[-1] < times[0]  # closer takes longer
+    assert earliest_rest(1.0) == 0.0  # every mover starts within a frame width of its rest position
+    movers = [("a large yellow star moving right", 0), ("a small red circle moving up", 1), ("a big green square moving left", 0)]
+    for prompt, axis in movers:  # no world mover comes within the gap of its rest position before that time
+        for seed in range(10):
+            pos = tracks(parse_prompt(prompt), seed, 240)[1][0].centre[:, axis]
+            for gap, earliest in zip(gaps, times, strict=True):
+                assert np.argmax(np.abs(pos[-1] - pos) <= gap) / 24 >= earliest - 1e-9, (prompt, seed, gap)
