@@ -33,7 +33,7 @@ from typing import Any
 import onnx
 
 from edgegen import __version__
-from edgegen.bundle import MANIFEST, Bundle, load_bundle, thaw, write_manifest
+from edgegen.bundle import MANIFEST, Bundle, load_bundle, precision_files, thaw, write_manifest
 from edgegen.calibration import capture as cap
 from edgegen.calibration import evaluate as ev
 from edgegen.calibration import quantize as q
@@ -158,12 +158,8 @@ def _without_precision(source: Bundle, precision: str) -> dict[str, Any]:
     manifest = thaw(source.manifest)
     old = manifest["precisions"].pop(precision, None)
     if old is not None:
-        kept = {spec["file"] for rec in manifest["precisions"].values() for spec in rec["components"].values()}
-        kept |= {v["file"] for rec in manifest["precisions"].values() for spec in rec["components"].values()
-                 for v in spec.get("variants", {}).values()}
-        used = {spec["file"] for spec in old["components"].values()}
-        used |= {v["file"] for spec in old["components"].values() for v in spec.get("variants", {}).values()}
-        used |= {old.get("quality", {}).get(k) for k in ("report", "report_markdown")} - {None}
+        kept = set().union(*(precision_files(rec) for rec in manifest["precisions"].values()))
+        used = precision_files(old) | ({old.get("quality", {}).get(k) for k in ("report", "report_markdown")} - {None})
         for name in used - kept:
             manifest["files"].pop(name, None)
     return manifest

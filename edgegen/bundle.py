@@ -652,6 +652,11 @@ def component_json(
     }
 
 
+def precision_files(record: Mapping[str, Any]) -> set[str]:
+    """The ONNX files one manifest precision record names: each component's file and its variants'."""
+    return {f for comp in record["components"].values() for f in (comp["file"], *(v["file"] for v in comp.get("variants", {}).values()))}
+
+
 def write_manifest(root: str | os.PathLike[str], manifest: Mapping[str, Any], *, refresh_files: bool = True) -> Path:
     """Validate and atomically write `root/manifest.json`.
 
@@ -666,9 +671,7 @@ def write_manifest(root: str | os.PathLike[str], manifest: Mapping[str, Any], *,
         names = set(data.get("files", {}))
         names.add(data["tokenizer"]["file"])
         for record in data["precisions"].values():
-            for comp in record["components"].values():
-                names.add(comp["file"])
-                names.update(v["file"] for v in comp.get("variants", {}).values())
+            names |= precision_files(record)
         missing = sorted(n for n in names if not (root / n).is_file())
         if missing:
             raise BundleError(f"cannot write the manifest: {root / missing[0]} does not exist")

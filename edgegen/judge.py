@@ -477,13 +477,18 @@ def _smooth(x: np.ndarray) -> np.ndarray:
     return (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
 
 
+def end_frames(frames: int) -> int:
+    """How many frames at each end of a clip `classify_motion` averages to measure a change."""
+    return max(1, frames // 8)
+
+
 def classify_motion(track: _Track, shape: str) -> tuple[str, dict[str, float]]:
     seen = track.seen
     f = len(track.blobs)
     x = _smooth(_series(track, [b.centre[0] for b in seen]))
     y = _smooth(_series(track, [b.centre[1] for b in seen]))
     area = _series(track, [b.area for b in seen])
-    k = max(1, f // 8)
+    k = end_frames(f)
     dx = float(x[-k:].mean() - x[:k].mean())
     dy = float(y[-k:].mean() - y[:k].mean())
     path_y = float(np.abs(np.diff(y)).sum())
@@ -544,8 +549,8 @@ def settled_motions(found: str, centre: tuple[float, float], area: float, first_
     well away from their far edge)."""
     if found != "still":
         return frozenset()
-    k = max(1, frames // 8)  # `classify_motion` compares the means of the first and last k frames
-    t = (first_frame + np.array([(k - 1) / 2, frames - 1 - (k - 1) / 2])) / FPS
+    k = end_frames(frames)
+    t = (first_frame + np.array([(k - 1) / 2, frames - 1 - (k - 1) / 2])) / FPS  # the two end groups' centres
     # growth too slow to see over the clip: the world's log area change between those means under GROW_LOG
     done = {m for m in ("growing", "shrinking") if 2 * np.ptp(np.log(scale_at(m, t))) < GROW_LOG}
     gap, earliest = resting_gap(frames)
@@ -566,7 +571,7 @@ def resting_gap(frames: int) -> tuple[float, float]:
     measured displacement stays under MOVE_MIN (its ease-out has a time constant of at most EASE_S;
     `classify_motion` compares the means of the first and last k frames), and the earliest stream
     time (s) at which any world mover is that close."""
-    k = max(1, frames // 8)
+    k = end_frames(frames)
     w = (frames - k) / FPS  # between the two groups' centres
     gap = MOVE_MIN / -math.expm1(-w / EASE_S) if w > 0 else math.inf
     return gap, earliest_rest(gap)
@@ -574,7 +579,7 @@ def resting_gap(frames: int) -> tuple[float, float]:
 
 @dataclass
 class _TrackSummary:
-    found: dict[str, str]
+    found: dict[str, str]  # shape, colour, motion; the size depends on the prompt (`found_for`)
     details: dict[str, Any]
     colour_rgb: np.ndarray
     present: float  # fraction of frames where the object is seen or merged with another
@@ -590,7 +595,8 @@ class _TrackSummary:
 
     def found_for(self, expected: ObjectSpec) -> dict[str, str]:
         """What was found, the size read under `curve_for(expected)`."""
-        return {**self.found, "size": size_class(self.areas[self.curve_for(expected)])}
+        found = {**self.found, "size": size_class(self.areas[self.curve_for(expected)])}
+        return {a: found[a] for a in ORDER}
 
 
 def _summarise(track: _Track, first_frame: int = 0) -> _TrackSummary:
@@ -601,7 +607,6 @@ def _summarise(track: _Track, first_frame: int = 0) -> _TrackSummary:
     shape, shape_scores = classify_shape(np.mean([b.harmonics for b in seen], axis=0))
     motion, motion_details = classify_motion(track, shape)
     areas = nominal_areas(track, first_frame)
-    area = areas[growth_curve(motion)]
     centre = np.median(np.array([b.centre for b in seen]), axis=0)
     settled = settled_motions(motion, (float(centre[0]), float(centre[1])), areas["still"], first_frame, len(track.blobs))
     recoloured = sum(1 for b in seen if np.linalg.norm(b.colour - colour) > SWAP_COLOUR)
@@ -610,12 +615,11 @@ def _summarise(track: _Track, first_frame: int = 0) -> _TrackSummary:
         if math.dist(a.centre, b.centre) > JUMP * (b.frame - a.frame)
     )
     return _TrackSummary(
-        found={"shape": shape, "colour": colour_name, "size": size_class(area), "motion": motion},
+        found={"shape": shape, "colour": colour_name, "motion": motion},
         details={
             "colour_rgb": [round(float(c), 1) for c in colour],
             "colour_distance": round(colour_dist, 1),
             "shape_scores": shape_scores,
-            "area": round(area, 4),
             "motion": motion_details,
             "frames_seen": len(seen),
             "frames_merged": sum(track.merged),

@@ -41,7 +41,7 @@ def judge_command(
     clip: str = typer.Argument(..., help="The video to judge (.mp4, .gif, .y4m or a folder of PNG frames)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt the clip should show."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
-    first_frame: int = typer.Option(1, "--first-frame", help="The clip's first frame is this frame (1-based) of a longer stream: growing and shrinking objects are judged at their stream time."),
+    first_frame: int = typer.Option(1, "--first-frame", help="The clip's first frame is this frame (1-based) of a longer stream: sizes of growing and shrinking objects, and motions the world has finished by then (a mover resting at its far edge), are read at that stream time."),
 ) -> None:
     """Judge a clip against a prompt: exit 0 when it matches, 1 when it does not."""
     from edgegen import video
